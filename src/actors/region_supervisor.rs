@@ -1,0 +1,618 @@
+//! `RegionSupervisor`: one per hosted region. Owns the region's bounded worker pool and
+//! consumes its dispatch queue.
+//!
+//! Dispatches wait in a heap until their instant (a precise clock wake-up, so firings
+//! start on time however early they were claimed), pass the job's overlap policy, and
+//! go to an idle worker. Dispatches stamped with an epoch older than one already seen
+//! are refused. A worker that crashes is replaced and its attempt recorded
+//! `worker_lost` (then retried if the job's retry policy allows). Must not claim
+//! firings or compute schedules.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ractor::{
+    Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+use super::Deps;
+use super::schedule_owner::next_after_failure;
+use super::worker::{Done, Worker, WorkerMsg};
+use crate::core::Timestamp;
+use crate::core::ids::{Epoch, FiringId, RegionId};
+use crate::core::policy::overlap;
+use crate::core::policy::retry::{self, Failure};
+use crate::core::run::{AttemptStatus, State, Trigger};
+use crate::ports::{AttemptEnd, Dispatch, Refusal};
+
+/// Dispatches pulled from the queue per read.
+const PULL_BATCH_MAX: usize = 1_024;
+
+/// One attempt to start: a dispatch, which attempt, and when.
+#[derive(Debug)]
+pub struct Item {
+    pub dispatch: Dispatch,
+    pub attempt: u32,
+    pub start_at: Timestamp,
+}
+
+pub enum RegionSupervisorMsg {
+    /// Dispatches read from the region's queue.
+    Pulled(Vec<Dispatch>),
+    /// The precise timer fired (sequence number).
+    Wake(u64),
+    /// A worker finished (or was refused) an assignment.
+    AttemptDone {
+        worker: ActorId,
+        item: Box<Item>,
+        done: Done,
+    },
+    /// Stop taking new work; let running attempts finish until `grace` passes, then
+    /// cancel them; answer when no attempt runs.
+    Drain(std::time::Duration, RpcReplyPort<()>),
+    Status(RpcReplyPort<Status>),
+}
+
+/// What a region supervisor shows about itself.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    pub region: RegionId,
+    pub workers: usize,
+    pub busy: usize,
+    pub waiting: usize,
+    pub ready: usize,
+    pub started: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub refused_stale_epoch: u64,
+    pub workers_lost: u64,
+    pub epoch_seen: Epoch,
+}
+
+pub struct RegionSupervisor;
+
+struct InFlight {
+    item: Box<Item>,
+    cancel: CancellationToken,
+}
+
+pub struct RegionState {
+    deps: Arc<Deps>,
+    region: RegionId,
+    seq: u64,
+    waiting: BinaryHeap<Reverse<(Timestamp, u64)>>,
+    items: HashMap<u64, Item>,
+    ready: VecDeque<Item>,
+    buffered: HashMap<FiringId, Item>,
+    idle: Vec<ActorRef<WorkerMsg>>,
+    busy: HashMap<ActorId, (ActorRef<WorkerMsg>, InFlight)>,
+    overlap: HashMap<Uuid, overlap::State<FiringId>>,
+    /// Items held here (waiting, ready, buffered): the puller stops past the limit.
+    held: Arc<AtomicUsize>,
+    puller_stop: CancellationToken,
+    timer: Option<JoinHandle<()>>,
+    timer_at: Option<Timestamp>,
+    timer_seq: u64,
+    /// Set once a drain began: nothing new starts.
+    draining: bool,
+    /// Answered when the last running attempt ends.
+    drained: Option<RpcReplyPort<()>>,
+    stats: Status,
+}
+
+impl Drop for RegionState {
+    fn drop(&mut self) {
+        self.puller_stop.cancel();
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Actor for RegionSupervisor {
+    type Msg = RegionSupervisorMsg;
+    type State = RegionState;
+    type Arguments = (Arc<Deps>, RegionId);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (deps, region): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut idle = Vec::with_capacity(deps.config.workers_max);
+        for _ in 0..deps.config.workers_max {
+            let (w, _) =
+                Actor::spawn_linked(None, Worker, (deps.clone(), myself.clone()), myself.get_cell())
+                    .await?;
+            idle.push(w);
+        }
+        let held = Arc::new(AtomicUsize::new(0));
+        let puller_stop = CancellationToken::new();
+        spawn_puller(
+            deps.clone(),
+            region.clone(),
+            myself.clone(),
+            held.clone(),
+            puller_stop.clone(),
+        );
+        info!(region = %region, workers = idle.len(), "region supervisor started");
+        Ok(RegionState {
+            stats: Status {
+                region: region.clone(),
+                workers: idle.len(),
+                ..Status::default()
+            },
+            deps,
+            region,
+            seq: 0,
+            waiting: BinaryHeap::new(),
+            items: HashMap::new(),
+            ready: VecDeque::new(),
+            buffered: HashMap::new(),
+            idle,
+            busy: HashMap::new(),
+            overlap: HashMap::new(),
+            held,
+            puller_stop,
+            timer: None,
+            timer_at: None,
+            timer_seq: 0,
+            draining: false,
+            drained: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RegionSupervisorMsg::Pulled(batch) => {
+                for d in batch {
+                    state.accept(d);
+                }
+                state.wake(&myself).await;
+            }
+            RegionSupervisorMsg::Wake(seq) => {
+                if seq == state.timer_seq {
+                    state.timer_at = None;
+                    state.wake(&myself).await;
+                }
+            }
+            RegionSupervisorMsg::AttemptDone { worker, item, done } => {
+                if let Some((w, _)) = state.busy.remove(&worker) {
+                    state.idle.push(w);
+                }
+                state.finished(*item, done).await;
+                // A retry may now be the earliest item: wake re-arms the timer.
+                state.wake(&myself).await;
+                state.check_drained();
+            }
+            RegionSupervisorMsg::Drain(grace, reply) => {
+                state.drain(&myself, grace, reply);
+            }
+            RegionSupervisorMsg::Status(reply) => {
+                let mut s = state.stats.clone();
+                s.busy = state.busy.len();
+                s.waiting = state.waiting.len();
+                s.ready = state.ready.len();
+                let _ = reply.send(s);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Our own policy: a worker that dies is replaced, and its attempt recorded; the
+        // region never stops because one action panicked.
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        let id = cell.get_id();
+        state.idle.retain(|w| w.get_id() != id);
+        let lost = state.busy.remove(&id);
+        if !state.draining {
+            let (w, _) = Actor::spawn_linked(
+                None,
+                Worker,
+                (state.deps.clone(), myself.clone()),
+                myself.get_cell(),
+            )
+            .await?;
+            state.idle.push(w);
+        }
+        if let Some((_, inflight)) = lost {
+            state.stats.workers_lost += 1;
+            error!(region = %state.region, firing = %inflight.item.dispatch.run.firing, reason = %why, "worker died mid-attempt");
+            state.worker_lost(*inflight.item, &why).await;
+        }
+        state.wake(&myself).await;
+        state.check_drained();
+        Ok(())
+    }
+}
+
+fn spawn_puller(
+    deps: Arc<Deps>,
+    region: RegionId,
+    to: ActorRef<RegionSupervisorMsg>,
+    held: Arc<AtomicUsize>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let held_max = deps.config.region_pending_max;
+        while !stop.is_cancelled() {
+            let room = held_max.saturating_sub(held.load(Ordering::Relaxed));
+            if room == 0 {
+                // Backpressure: leave work in the queue (and so with the owner).
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                continue;
+            }
+            match deps
+                .queues
+                .pull(&region, room.min(PULL_BATCH_MAX), &stop)
+                .await
+            {
+                Ok(batch) if batch.is_empty() => {}
+                Ok(batch) => {
+                    held.fetch_add(batch.len(), Ordering::Relaxed);
+                    if to.cast(RegionSupervisorMsg::Pulled(batch)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    warn!(region = %region, error = %e, "dispatch queue read failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+}
+
+impl RegionState {
+    fn accept(&mut self, d: Dispatch) {
+        if d.epoch < self.stats.epoch_seen {
+            // Fencing: an older owner's dispatch. The newer owner has the run.
+            self.stats.refused_stale_epoch += 1;
+            warn!(region = %self.region, firing = %d.run.firing, epoch = %d.epoch, seen = %self.stats.epoch_seen, "refused dispatch from a stale epoch");
+            self.held.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        self.stats.epoch_seen = d.epoch;
+        let attempt = d.run.next_attempt_number();
+        let start_at = d.run.next_start_at();
+        self.push_waiting(Item {
+            dispatch: d,
+            attempt,
+            start_at,
+        });
+    }
+
+    fn push_waiting(&mut self, item: Item) {
+        self.seq += 1;
+        self.waiting.push(Reverse((item.start_at, self.seq)));
+        self.items.insert(self.seq, item);
+    }
+
+    /// Move everything due to the overlap check and the workers; arm the timer for the
+    /// next instant.
+    async fn wake(&mut self, myself: &ActorRef<RegionSupervisorMsg>) {
+        if self.draining {
+            return;
+        }
+        let now = self.deps.clock.now();
+        while let Some(&Reverse((at, seq))) = self.waiting.peek() {
+            if at > now {
+                break;
+            }
+            self.waiting.pop();
+            let item = self.items.remove(&seq).expect("waiting items are stored");
+            self.due(item).await;
+        }
+        self.assign();
+        if let Some(&Reverse((at, _))) = self.waiting.peek()
+            && self.timer_at != Some(at)
+        {
+            self.arm(myself, at);
+        }
+    }
+
+    fn arm(&mut self, myself: &ActorRef<RegionSupervisorMsg>, at: Timestamp) {
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+        self.timer_seq += 1;
+        self.timer_at = Some(at);
+        let seq = self.timer_seq;
+        let clock = self.deps.clock.clone();
+        let me = myself.clone();
+        self.timer = Some(tokio::spawn(async move {
+            clock.sleep_until(at).await;
+            let _ = me.cast(RegionSupervisorMsg::Wake(seq));
+        }));
+    }
+
+    /// An item's instant has come: apply the job's overlap policy.
+    async fn due(&mut self, item: Item) {
+        let d = &item.dispatch;
+        if item.attempt > 1 {
+            // A retry: its run already holds its place under the overlap policy (the
+            // policy counts runs, not attempts).
+            self.ready.push_back(item);
+            return;
+        }
+        let override_overlap = matches!(
+                d.run.trigger,
+                Trigger::Manual {
+                    override_overlap: true
+                }
+            );
+        let policy = d.job.policy.overlap;
+        let actions = self
+            .overlap
+            .entry(d.job.uid)
+            .or_default()
+            .on_due(policy, d.run.firing, override_overlap);
+        self.apply_overlap(Some(item), actions).await;
+    }
+
+    async fn apply_overlap(
+        &mut self,
+        mut item: Option<Item>,
+        actions: Vec<overlap::Action<FiringId>>,
+    ) {
+        for action in actions {
+            match action {
+                overlap::Action::Start(f) => {
+                    if let Some(it) = take_if(&mut item, f) {
+                        self.ready.push_back(it);
+                    } else if let Some(it) = self.buffered.remove(&f) {
+                        self.ready.push_back(it);
+                    }
+                }
+                overlap::Action::Buffer(f) => {
+                    if let Some(it) = take_if(&mut item, f) {
+                        self.buffered.insert(f, it);
+                    }
+                }
+                overlap::Action::Skip { key, reason } => {
+                    let it = take_if(&mut item, key).or_else(|| self.buffered.remove(&key));
+                    if it.is_some() {
+                        self.release(1);
+                    }
+                    self.stats.skipped += 1;
+                    if let Err(e) = self
+                        .deps
+                        .runs
+                        .end_run(key, State::Skipped, reason.describe().to_string())
+                        .await
+                    {
+                        warn!(firing = %key, error = %e, "recording a skipped run failed");
+                    }
+                }
+                overlap::Action::SkipBuffered { key, reason } => {
+                    if self.buffered.remove(&key).is_some() {
+                        self.release(1);
+                    }
+                    self.stats.skipped += 1;
+                    let _ = self
+                        .deps
+                        .runs
+                        .end_run(key, State::Skipped, reason.describe().to_string())
+                        .await;
+                }
+                overlap::Action::Cancel(key) => {
+                    for (_, inflight) in self.busy.values() {
+                        if inflight.item.dispatch.run.firing == key {
+                            inflight.cancel.cancel();
+                        }
+                    }
+                }
+            }
+        }
+        debug_assert!(item.is_none(), "the overlap policy decided nothing for a due item");
+    }
+
+    fn release(&self, n: usize) {
+        self.held.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Hand ready items to idle workers.
+    fn assign(&mut self) {
+        if self.draining {
+            return;
+        }
+        while !self.idle.is_empty() {
+            let Some(item) = self.ready.pop_front() else {
+                break;
+            };
+            let worker = self.idle.pop().expect("checked non-empty");
+            let cancel = CancellationToken::new();
+            let item = Box::new(item);
+            self.release(1);
+            self.stats.started += 1;
+            let inflight = InFlight {
+                item: Box::new(Item {
+                    dispatch: item.dispatch.clone(),
+                    attempt: item.attempt,
+                    start_at: item.start_at,
+                }),
+                cancel: cancel.clone(),
+            };
+            if worker.cast(WorkerMsg::Run(item, cancel)).is_err() {
+                // The worker is gone; its supervision event will replace it. The item
+                // is lost to this pass but not to the run log: recovery re-dispatches.
+                error!(region = %self.region, "worker mailbox closed");
+                continue;
+            }
+            self.busy.insert(worker.get_id(), (worker, inflight));
+        }
+    }
+
+    async fn finished(&mut self, item: Item, done: Done) {
+        let d = &item.dispatch;
+        let firing = d.run.firing;
+        let policy = d.job.policy.overlap;
+        // The overlap policy counts runs: a run waiting for its retry still holds its
+        // place.
+        let run_over = !matches!(&done, Done::Finished(run) if run.state == State::RetryWait);
+        match done {
+            Done::Finished(run) => {
+                match run.state {
+                    State::Succeeded => self.stats.succeeded += 1,
+                    State::RetryWait => {}
+                    _ => self.stats.failed += 1,
+                }
+                if run.state == State::RetryWait {
+                    let start_at = run.next_start_at();
+                    let attempt = run.next_attempt_number();
+                    self.held.fetch_add(1, Ordering::Relaxed);
+                    self.push_waiting(Item {
+                        dispatch: Dispatch {
+                            run: *run,
+                            job: d.job.clone(),
+                            epoch: d.epoch,
+                        },
+                        attempt,
+                        start_at,
+                    });
+                }
+            }
+            Done::Refused(refusal) => {
+                let ended = match refusal {
+                    Refusal::JobPaused => Some((State::Paused, "job was paused before it started")),
+                    Refusal::JobDeleted => None, // its runs went with it
+                    Refusal::AlreadyStarted | Refusal::Terminal(_) | Refusal::Fenced => {
+                        debug!(firing = %firing, ?refusal, "start refused");
+                        None
+                    }
+                };
+                if let Some((s, why)) = ended {
+                    let _ = self.deps.runs.end_run(firing, s, why.into()).await;
+                }
+            }
+            Done::Error(e) => {
+                warn!(firing = %firing, error = %e, "attempt not recorded; recovery will settle it");
+            }
+        }
+        if !run_over {
+            return;
+        }
+        let uid = d.job.uid;
+        let actions = self
+            .overlap
+            .entry(uid)
+            .or_default()
+            .on_finished(policy, &firing);
+        self.apply_overlap(None, actions).await;
+        if self.overlap.get(&uid).is_some_and(|s| s.is_idle()) {
+            self.overlap.remove(&uid);
+        }
+    }
+
+    async fn worker_lost(&mut self, item: Item, why: &str) {
+        let d = &item.dispatch;
+        let firing = d.run.firing;
+        let now = self.deps.clock.now();
+        let decision = retry::after_attempt(
+            &d.job.policy.retry,
+            item.attempt,
+            Failure::Retryable,
+            retry::jitter_seed(&firing.to_string(), item.attempt),
+        );
+        let (next_state, next_attempt_at) = next_after_failure(decision, now);
+        let end = AttemptEnd {
+            number: item.attempt,
+            status: AttemptStatus::WorkerLost,
+            finished_at: now,
+            summary: format!("worker died: {why}"),
+            exit_code: None,
+            http_status: None,
+            output_tail: String::new(),
+            next_state,
+            next_attempt_at,
+        };
+        match self.deps.runs.finish_attempt(firing, end).await {
+            Ok(run) => self.finished(item, Done::Finished(Box::new(run))).await,
+            // The worker died before the start was recorded: the attempt never ran, and
+            // the run is still queued under the same attempt number: hand it out again.
+            Err(crate::ports::Error::Conflict(_)) => {
+                warn!(firing = %firing, "worker died before the attempt started; dispatching it again");
+                self.held.fetch_add(1, Ordering::Relaxed);
+                self.ready.push_front(item);
+            }
+            Err(e) => {
+                warn!(firing = %firing, error = %e, "could not record the lost attempt");
+                self.finished(item, Done::Error(e.to_string())).await;
+            }
+        }
+    }
+
+    fn drain(
+        &mut self,
+        myself: &ActorRef<RegionSupervisorMsg>,
+        grace: std::time::Duration,
+        reply: RpcReplyPort<()>,
+    ) {
+        info!(region = %self.region, running = self.busy.len(), "draining");
+        self.puller_stop.cancel();
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+        // Waiting and ready items stay queued in the run log: the next start recovers them.
+        self.waiting.clear();
+        self.items.clear();
+        self.ready.clear();
+        self.buffered.clear();
+        self.draining = true;
+        self.drained = Some(reply);
+        let cancels: Vec<CancellationToken> =
+            self.busy.values().map(|(_, f)| f.cancel.clone()).collect();
+        let me = myself.clone();
+        let clock = self.deps.clock.clone();
+        tokio::spawn(async move {
+            clock
+                .sleep_until(clock.now() + chrono::Duration::from_std(grace).unwrap_or_default())
+                .await;
+            for c in cancels {
+                c.cancel();
+            }
+            drop(me);
+        });
+        self.check_drained();
+    }
+
+    fn check_drained(&mut self) {
+        if self.busy.is_empty()
+            && let Some(reply) = self.drained.take()
+        {
+            let _ = reply.send(());
+        }
+    }
+}
+
+fn take_if(item: &mut Option<Item>, f: FiringId) -> Option<Item> {
+    if item.as_ref().is_some_and(|i| i.dispatch.run.firing == f) {
+        item.take()
+    } else {
+        None
+    }
+}

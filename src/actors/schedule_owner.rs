@@ -1,0 +1,547 @@
+//! `ScheduleOwner`: the node's owner of the schedule for one term.
+//!
+//! It loads every active job into the core's timer index, recovers runs a previous
+//! term left unfinished, then on each tick plans the firings due within the dispatch
+//! lead, claims them durably in one batch (runs + advanced cursors, fenced by its
+//! epoch) and hands the queued ones to their region. It follows the catalog through
+//! its watch. Must not start attempts (regions do) nor compute schedules (the core
+//! does); it stops firing the moment its term ends.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use super::Deps;
+use crate::core::Timestamp;
+use crate::core::firing::{Cause, firing_id};
+use crate::core::ids::{Epoch, JobName, RegionId};
+use crate::core::job::Job;
+use crate::core::owner::{Index, Plan};
+use crate::core::policy::retry::{self, Decision as RetryDecision, Failure};
+use crate::core::run::{AttemptStatus, Run, State, Trigger};
+use crate::ports::{AttemptEnd, CatalogEvent, Claim, Dispatch, Error, Term};
+
+/// Longest the owner sleeps between ticks, even with nothing due (it re-checks its
+/// pending dispatches and term).
+const TICK_MAX: Duration = Duration::from_secs(1);
+/// Back-off after a failed claim or a full region queue.
+const RETRY_AFTER: Duration = Duration::from_millis(20);
+/// Claimed dispatches the owner holds while regions are full; past it, it stops
+/// claiming until they drain.
+const PENDING_MAX: usize = 100_000;
+
+pub enum ScheduleOwnerMsg {
+    /// Time to plan and claim what is due. Carries the timer's sequence number.
+    Tick(u64),
+    /// A catalog change seen through the watch.
+    Catalog(CatalogEvent),
+    /// The watch lagged: reload every job.
+    Resync,
+    /// Fire a job now (a manual trigger).
+    Trigger {
+        job: JobName,
+        override_overlap: bool,
+        nonce: u64,
+        reply: RpcReplyPort<Result<Run, String>>,
+    },
+    Status(RpcReplyPort<Status>),
+}
+
+/// What the owner shows about itself.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    pub epoch: Epoch,
+    pub jobs_indexed: usize,
+    pub next_due: Option<Timestamp>,
+    pub pending_dispatches: usize,
+    pub claimed: u64,
+    pub missed: u64,
+    pub dispatched: u64,
+    pub recovered: u64,
+}
+
+pub struct ScheduleOwner;
+
+pub struct OwnerState {
+    deps: Arc<Deps>,
+    term: Term,
+    index: Index,
+    pending: VecDeque<Dispatch>,
+    timer: Option<JoinHandle<()>>,
+    timer_at: Option<Timestamp>,
+    timer_seq: u64,
+    watch: Option<JoinHandle<()>>,
+    stats: Status,
+}
+
+impl Drop for OwnerState {
+    fn drop(&mut self) {
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+        if let Some(w) = self.watch.take() {
+            w.abort();
+        }
+    }
+}
+
+fn std_to_chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).expect("durations are bounded")
+}
+
+impl Actor for ScheduleOwner {
+    type Msg = ScheduleOwnerMsg;
+    type State = OwnerState;
+    type Arguments = Arc<Deps>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        deps: Arc<Deps>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let term = deps.election.campaign(&deps.node).await?;
+        info!(node = %deps.node, epoch = %term.epoch, "schedule owner term started");
+        // Subscribe before loading, so no change between the load and the watch is lost
+        // (upserts are idempotent).
+        let mut rx = deps.catalog.watch();
+        let watch_to = myself.clone();
+        let watch = tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        if watch_to.cast(ScheduleOwnerMsg::Catalog(ev)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        warn!(missed = n, "catalog watch lagged; reloading");
+                        if watch_to.cast(ScheduleOwnerMsg::Resync).is_err() {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        let mut state = OwnerState {
+            deps,
+            term,
+            index: Index::default(),
+            pending: VecDeque::new(),
+            timer: None,
+            timer_at: None,
+            timer_seq: 0,
+            watch: Some(watch),
+            stats: Status::default(),
+        };
+        let jobs = state.load().await?;
+        state.recover(&jobs).await?;
+        state.stats.epoch = state.term.epoch;
+        Ok(state)
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.arm(&myself, state.deps.clock.now());
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.term.ended.is_cancelled() {
+            warn!(epoch = %state.term.epoch, "owner term ended; stopping");
+            myself.stop(Some("term ended".into()));
+            return Ok(());
+        }
+        match msg {
+            ScheduleOwnerMsg::Tick(seq) => {
+                if seq == state.timer_seq {
+                    state.timer_at = None;
+                    state.tick(&myself).await?;
+                }
+            }
+            ScheduleOwnerMsg::Catalog(ev) => {
+                state.apply(ev).await?;
+                state.rearm_if_earlier(&myself);
+            }
+            ScheduleOwnerMsg::Resync => {
+                state.index = Index::default();
+                state.load().await?;
+                state.arm(&myself, state.deps.clock.now());
+            }
+            ScheduleOwnerMsg::Trigger {
+                job,
+                override_overlap,
+                nonce,
+                reply,
+            } => {
+                let res = state.trigger(&job, override_overlap, nonce).await;
+                let _ = reply.send(res);
+            }
+            ScheduleOwnerMsg::Status(reply) => {
+                let mut s = state.stats.clone();
+                s.jobs_indexed = state.index.len();
+                s.next_due = state.index.next_due();
+                s.pending_dispatches = state.pending.len();
+                let _ = reply.send(s);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl OwnerState {
+    /// Load every job and cursor into a fresh index; return the jobs by name.
+    async fn load(&mut self) -> Result<HashMap<JobName, Arc<Job>>, ActorProcessingErr> {
+        let jobs = self.deps.catalog.all_jobs().await?;
+        let cursors: HashMap<_, _> = self.deps.runs.cursors().await?.into_iter().collect();
+        let mut by_name = HashMap::with_capacity(jobs.len());
+        for job in jobs {
+            let job = Arc::new(job);
+            let cursor = cursors.get(&job.uid).copied().unwrap_or(job.create_time);
+            self.index_job(job.clone(), cursor);
+            by_name.insert(job.name.clone(), job);
+        }
+        info!(jobs = by_name.len(), indexed = self.index.len(), "jobs loaded");
+        Ok(by_name)
+    }
+
+    fn index_job(&mut self, job: Arc<Job>, cursor: Timestamp) {
+        match job.schedule.compile() {
+            Ok(schedule) => self.index.upsert(job, schedule, cursor),
+            // Validated at the API; a stored schedule that no longer compiles (e.g. a
+            // zone removed from the tz database) is logged, not fired.
+            Err(e) => error!(job = %job.name, error = %e, "stored schedule does not compile"),
+        }
+    }
+
+    /// Runs a previous term left unfinished: queued or waiting ones are dispatched
+    /// again (or recorded missed, past their catch-up window); an attempt that was
+    /// running has an unknown outcome: it is recorded `worker_lost` and retried only
+    /// if its retry policy allows, as a new attempt.
+    async fn recover(
+        &mut self,
+        jobs: &HashMap<JobName, Arc<Job>>,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = self.deps.clock.now();
+        for mut run in self.deps.runs.unfinished().await? {
+            let Some(job) = jobs.get(&run.job).filter(|j| j.uid == run.job_uid) else {
+                self.deps
+                    .runs
+                    .end_run(run.firing, State::Cancelled, "job was deleted".into())
+                    .await?;
+                continue;
+            };
+            if run.state == State::Running {
+                let last = run.attempts.last().expect("running runs have an attempt");
+                let number = last.number;
+                let decision = retry::after_attempt(
+                    &job.policy.retry,
+                    number,
+                    Failure::Retryable,
+                    retry::jitter_seed(&run.firing.to_string(), number),
+                );
+                let (next_state, next_at) = next_after_failure(decision, now);
+                warn!(job = %job.name, firing = %run.firing, attempt = number, "attempt was running when the node stopped: outcome unknown");
+                run = self
+                    .deps
+                    .runs
+                    .finish_attempt(
+                        run.firing,
+                        AttemptEnd {
+                            number,
+                            status: AttemptStatus::WorkerLost,
+                            finished_at: now,
+                            summary: "the node stopped while this attempt ran; its outcome is unknown".into(),
+                            exit_code: None,
+                            http_status: None,
+                            output_tail: String::new(),
+                            next_state,
+                            next_attempt_at: next_at,
+                        },
+                    )
+                    .await?;
+                if run.state.is_terminal() {
+                    continue;
+                }
+            }
+            if run.state == State::Queued
+                && run.attempts.is_empty()
+                && now - run.due_at > std_to_chrono(job.policy.catchup.window)
+            {
+                self.deps
+                    .runs
+                    .end_run(
+                        run.firing,
+                        State::Missed,
+                        "due while the node was down, outside the catch-up window".into(),
+                    )
+                    .await?;
+                self.stats.missed += 1;
+                continue;
+            }
+            self.stats.recovered += 1;
+            self.pending.push_back(Dispatch {
+                run,
+                job: job.clone(),
+                epoch: self.term.epoch,
+            });
+        }
+        if self.stats.recovered > 0 {
+            info!(runs = self.stats.recovered, "recovered unfinished runs");
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, ev: CatalogEvent) -> Result<(), ActorProcessingErr> {
+        match ev {
+            CatalogEvent::Upserted(job) => {
+                let cursor = match self.index.cursor(&job.uid) {
+                    Some(c) => c,
+                    None => self
+                        .deps
+                        .runs
+                        .cursor(job.uid)
+                        .await?
+                        .unwrap_or(job.create_time),
+                };
+                debug!(job = %job.name, paused = job.paused, "job changed");
+                self.index_job(job, cursor);
+            }
+            CatalogEvent::Deleted { uid, name } => {
+                debug!(job = %name, "job deleted");
+                self.index.remove(&uid);
+                self.pending.retain(|d| d.job.uid != uid);
+            }
+        }
+        Ok(())
+    }
+
+    /// Plan, claim and dispatch everything due within the lead.
+    async fn tick(&mut self, myself: &ActorRef<ScheduleOwnerMsg>) -> Result<(), ActorProcessingErr> {
+        if !self.flush().await {
+            self.arm(myself, self.deps.clock.now() + std_to_chrono(RETRY_AFTER));
+            return Ok(());
+        }
+        let cfg = self.deps.config.clone();
+        let now = self.deps.clock.now();
+        let horizon = now + std_to_chrono(cfg.dispatch_lead);
+        let plans = self.index.take_due(
+            horizon,
+            now,
+            cfg.late_grace,
+            self.term.epoch,
+            cfg.owner_batch_max,
+        );
+        let full_batch = plans.len() >= cfg.owner_batch_max;
+        if !plans.is_empty() {
+            match self.claim(plans).await {
+                Ok(()) => {}
+                Err(Error::Fenced { stale, current }) => {
+                    warn!(%stale, %current, "claim fenced: a newer owner exists; stopping");
+                    self.term.ended.cancel();
+                    myself.stop(Some("fenced".into()));
+                    return Ok(());
+                }
+                Err(e) => {
+                    warn!(error = %e, "claim failed; retrying");
+                    self.arm(myself, now + std_to_chrono(RETRY_AFTER));
+                    return Ok(());
+                }
+            }
+        }
+        let flushed = self.flush().await;
+        let next = if full_batch && flushed {
+            // More is due right now: go again at once (after other messages).
+            now
+        } else if !flushed {
+            now + std_to_chrono(RETRY_AFTER)
+        } else {
+            let due = self
+                .index
+                .next_due()
+                .map(|t| t - std_to_chrono(cfg.dispatch_lead));
+            let cap = now + std_to_chrono(TICK_MAX);
+            due.map_or(cap, |t| t.min(cap))
+        };
+        self.arm(myself, next);
+        Ok(())
+    }
+
+    async fn claim(&mut self, plans: Vec<Plan>) -> Result<(), Error> {
+        let mut claims = Vec::new();
+        for plan in &plans {
+            let last = plan.runs.len().saturating_sub(1);
+            for (i, run) in plan.runs.iter().enumerate() {
+                claims.push(Claim {
+                    run: run.clone(),
+                    cursor: (i == last).then_some(plan.cursor),
+                });
+            }
+        }
+        match self.deps.runs.claim(self.term.epoch, claims).await {
+            Ok(inserted) => {
+                let mut i = 0;
+                for plan in plans {
+                    for run in plan.runs {
+                        let fresh = inserted[i];
+                        i += 1;
+                        self.stats.claimed += 1;
+                        if run.state == State::Missed {
+                            self.stats.missed += 1;
+                        }
+                        // Not fresh: claimed by an earlier term, which recovery handles.
+                        if fresh && run.state == State::Queued {
+                            self.pending.push_back(Dispatch {
+                                run,
+                                job: plan.job.clone(),
+                                epoch: self.term.epoch,
+                            });
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                for plan in &plans {
+                    self.index.restore(&plan.job.uid, plan.from);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Offer pending dispatches to their regions; true when none are left.
+    async fn flush(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let mut by_region: HashMap<RegionId, Vec<Dispatch>> = HashMap::new();
+        for d in self.pending.drain(..) {
+            by_region
+                .entry(d.job.name.region.clone())
+                .or_default()
+                .push(d);
+        }
+        for (region, batch) in by_region {
+            let n = batch.len();
+            match self.deps.queues.push(&region, batch.clone()).await {
+                Ok(back) => {
+                    self.stats.dispatched += (n - back.len()) as u64;
+                    self.pending.extend(back);
+                }
+                Err(Error::NotFound(msg)) => {
+                    // A job homed in a region this node does not host: say so on its runs.
+                    for d in batch {
+                        let _ = self
+                            .deps
+                            .runs
+                            .end_run(d.run.firing, State::Missed, msg.clone())
+                            .await;
+                    }
+                }
+                Err(e) => {
+                    warn!(region = %region, error = %e, "dispatch failed; will retry");
+                    self.pending.extend(batch);
+                }
+            }
+        }
+        if self.pending.len() > PENDING_MAX {
+            warn!(pending = self.pending.len(), "regions are not keeping up");
+        }
+        self.pending.is_empty()
+    }
+
+    async fn trigger(
+        &mut self,
+        name: &JobName,
+        override_overlap: bool,
+        nonce: u64,
+    ) -> Result<Run, String> {
+        let job = match self.deps.catalog.get_job(name).await {
+            Ok(Some(j)) => Arc::new(j),
+            Ok(None) => return Err(format!("{name} not found")),
+            Err(e) => return Err(e.to_string()),
+        };
+        if job.paused {
+            return Err(format!("{name} is paused"));
+        }
+        let now = self.deps.clock.now();
+        let run = Run::queued(
+            firing_id(job.uid, now, Cause::Manual { nonce }),
+            job.name.clone(),
+            job.uid,
+            now,
+            now,
+            Trigger::Manual { override_overlap },
+            self.term.epoch,
+            now,
+        );
+        let claim = Claim {
+            run: run.clone(),
+            cursor: None,
+        };
+        self.deps
+            .runs
+            .claim(self.term.epoch, vec![claim])
+            .await
+            .map_err(|e| e.to_string())?;
+        self.pending.push_back(Dispatch {
+            run: run.clone(),
+            job,
+            epoch: self.term.epoch,
+        });
+        self.flush().await;
+        Ok(run)
+    }
+
+    fn arm(&mut self, myself: &ActorRef<ScheduleOwnerMsg>, at: Timestamp) {
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+        self.timer_seq += 1;
+        self.timer_at = Some(at);
+        let seq = self.timer_seq;
+        let clock = self.deps.clock.clone();
+        let me = myself.clone();
+        self.timer = Some(tokio::spawn(async move {
+            clock.sleep_until(at).await;
+            let _ = me.cast(ScheduleOwnerMsg::Tick(seq));
+        }));
+    }
+
+    /// After a catalog change: wake earlier if the change made something due sooner.
+    fn rearm_if_earlier(&mut self, myself: &ActorRef<ScheduleOwnerMsg>) {
+        let Some(due) = self.index.next_due() else {
+            return;
+        };
+        let wake = due - std_to_chrono(self.deps.config.dispatch_lead);
+        if self.timer_at.is_none_or(|t| wake < t) {
+            self.arm(myself, wake);
+        }
+    }
+}
+
+/// Turn a retry decision after a failed attempt into the run's next state.
+pub fn next_after_failure(
+    decision: RetryDecision,
+    now: Timestamp,
+) -> (State, Option<Timestamp>) {
+    match decision {
+        RetryDecision::RetryIn(d) => (State::RetryWait, Some(now + std_to_chrono(d))),
+        RetryDecision::DeadLetter => (State::DeadLettered, None),
+        RetryDecision::GiveUp => (State::Failed, None),
+    }
+}

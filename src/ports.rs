@@ -1,0 +1,234 @@
+//! Ports: the capabilities the actors need, named by what they do, not by technology.
+//!
+//! Each port has one adapter per technology under `adapters/` (embedded today; etcd,
+//! Redis and the simulator's in-memory ones share these traits). Errors say whether a
+//! retry makes sense. This module must not contain an implementation.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::core::Timestamp;
+use crate::core::ids::{Epoch, FiringId, JobName, NodeId, RegionId};
+use crate::core::job::Job;
+use crate::core::run::{AttemptStatus, Run, State};
+
+/// An operating error of a port: what went wrong and whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// An optimistic-concurrency check failed (etag, revision).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A write carried an epoch older than one already seen: the writer is no longer owner.
+    #[error("fenced: epoch {stale} is older than {current}")]
+    Fenced { stale: Epoch, current: Epoch },
+    /// A bounded queue or table is full; retry later.
+    #[error("full: {0}")]
+    Full(String),
+    /// The backend is unreachable or timed out; retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Storage is corrupt or a record cannot be decoded: a retry will not help.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl Error {
+    /// Whether the same call may succeed if tried again later.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Error::Full(_) | Error::Unavailable(_))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The time the node believes it is, and precise waiting for an instant.
+#[async_trait]
+pub trait Clock: Send + Sync + 'static {
+    /// Now in UTC by this node's clock.
+    fn now(&self) -> Timestamp;
+    /// Resolve no earlier than `t` by `now()`, as soon after as the platform allows.
+    async fn sleep_until(&self, t: Timestamp);
+}
+
+/// A change to the catalog, in commit order.
+#[derive(Clone, Debug)]
+pub enum CatalogEvent {
+    Upserted(Arc<Job>),
+    Deleted { name: JobName, uid: Uuid },
+}
+
+/// Which jobs a listing wants.
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    /// `None` lists every region (`regions/-/jobs`).
+    pub region: Option<RegionId>,
+}
+
+/// Position after which a job listing continues: (create_time, name).
+pub type JobCursor = (Timestamp, JobName);
+
+/// The job catalog, with a change feed.
+#[async_trait]
+pub trait Catalog: Send + Sync + 'static {
+    /// Store a new job. With `request_id`, a retried create returns the job the first
+    /// call created instead of `AlreadyExists`.
+    async fn create_job(&self, job: Job, request_id: Option<String>) -> Result<Job>;
+    async fn get_job(&self, name: &JobName) -> Result<Option<Job>>;
+    /// Jobs ordered by (create_time, name), strictly after `after`.
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        after: Option<JobCursor>,
+        limit: usize,
+    ) -> Result<Vec<Job>>;
+    /// Replace a job; `expected_revision` makes it conditional. Bumps the revision.
+    async fn update_job(&self, job: Job, expected_revision: Option<u64>) -> Result<Job>;
+    /// Delete a job and its runs and progress.
+    async fn delete_job(&self, name: &JobName) -> Result<Job>;
+    /// Every job, for an owner's full (re)load.
+    async fn all_jobs(&self) -> Result<Vec<Job>>;
+    /// Subscribe to changes made after this call. A lagged receiver must reload.
+    fn watch(&self) -> broadcast::Receiver<CatalogEvent>;
+}
+
+/// One claim in an owner's batch: a run to record (queued, or already terminal for a
+/// missed/paused firing) and the job progress cursor to advance with it.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    pub run: Run,
+    /// Advance the job's cursor (last scheduled instant handled) to at least this.
+    pub cursor: Option<Timestamp>,
+}
+
+/// The start of an attempt, as a worker asks for it.
+#[derive(Clone, Debug)]
+pub struct AttemptStart {
+    pub number: u32,
+    pub epoch: Epoch,
+    pub node: NodeId,
+    pub started_at: Timestamp,
+    pub lateness_us: i64,
+}
+
+/// Why a start was refused: the attempt must not run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// That attempt (or a later one) already started: running it would run it twice.
+    AlreadyStarted,
+    /// The run is already terminal (cancelled, skipped, ...).
+    Terminal(State),
+    /// The run's job was paused since the claim.
+    JobPaused,
+    /// The run's job was deleted (or replaced) since the claim.
+    JobDeleted,
+    /// The starter's epoch is older than the run's.
+    Fenced,
+}
+
+/// How an attempt ended, and what the run becomes.
+#[derive(Clone, Debug)]
+pub struct AttemptEnd {
+    pub number: u32,
+    pub status: AttemptStatus,
+    pub finished_at: Timestamp,
+    pub summary: String,
+    pub exit_code: Option<i32>,
+    pub http_status: Option<u16>,
+    pub output_tail: String,
+    /// The run's next state: terminal, or RetryWait with `next_attempt_at`.
+    pub next_state: State,
+    pub next_attempt_at: Option<Timestamp>,
+}
+
+/// Runs and the idempotent claims that guard them.
+#[async_trait]
+pub trait RunLog: Send + Sync + 'static {
+    /// Durably record a batch of claims. A run whose firing id exists already is left
+    /// as it is (`false` in the result): the firing was claimed before. Refused whole
+    /// with `Fenced` if `epoch` is older than the newest epoch the log has seen.
+    async fn claim(&self, epoch: Epoch, claims: Vec<Claim>) -> Result<Vec<bool>>;
+    /// Every job's progress cursor.
+    async fn cursors(&self) -> Result<Vec<(Uuid, Timestamp)>>;
+    /// One job's progress cursor: the last scheduled instant handled.
+    async fn cursor(&self, job_uid: Uuid) -> Result<Option<Timestamp>>;
+    /// Durably mark an attempt started; only then may it run. Exactly one caller wins
+    /// per (firing, attempt number).
+    async fn start_attempt(
+        &self,
+        firing: FiringId,
+        start: AttemptStart,
+    ) -> Result<std::result::Result<Run, Refusal>>;
+    /// Durably record an attempt's end.
+    async fn finish_attempt(&self, firing: FiringId, end: AttemptEnd) -> Result<Run>;
+    /// End a non-terminal run without (another) attempt: skipped, cancelled, ...
+    async fn end_run(&self, firing: FiringId, state: State, reason: String) -> Result<Run>;
+    async fn get_run(&self, firing: FiringId) -> Result<Option<Run>>;
+    /// Runs of one job, newest scheduled first, strictly before `before`.
+    async fn list_runs(
+        &self,
+        job_uid: Uuid,
+        before: Option<(Timestamp, FiringId)>,
+        limit: usize,
+    ) -> Result<Vec<Run>>;
+    /// Every run not yet terminal, for recovery after a restart or failover.
+    async fn unfinished(&self) -> Result<Vec<Run>>;
+}
+
+/// Leadership: who owns the schedule, and the fencing epoch of its term.
+#[async_trait]
+pub trait Election: Send + Sync + 'static {
+    /// Wait until this node owns the schedule; return the term.
+    async fn campaign(&self, node: &NodeId) -> Result<Term>;
+}
+
+/// One owner term.
+#[derive(Clone, Debug)]
+pub struct Term {
+    pub epoch: Epoch,
+    /// Cancelled when the term ends (lease lost, newer epoch seen): stop firing at once.
+    pub ended: CancellationToken,
+}
+
+/// A firing handed from the owner to a region.
+#[derive(Clone, Debug)]
+pub struct Dispatch {
+    pub run: Run,
+    pub job: Arc<Job>,
+    pub epoch: Epoch,
+}
+
+/// Per-region dispatch queues, bounded.
+#[async_trait]
+pub trait DispatchQueue: Send + Sync + 'static {
+    /// Hand a batch to a region. What the region's bounded queue cannot take now is
+    /// handed back, in order, for the caller to offer again later.
+    async fn push(&self, region: &RegionId, batch: Vec<Dispatch>) -> Result<Vec<Dispatch>>;
+    /// Take the next batch for `region` (up to `max`), waiting until one is there or
+    /// `cancel` fires (then an empty batch).
+    async fn pull(
+        &self,
+        region: &RegionId,
+        max: usize,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Dispatch>>;
+}
+
+/// Runs an action for one attempt. Implemented by `exec::Executors` (HTTP, command)
+/// and by the simulator's fake targets.
+#[async_trait]
+pub trait Executor: Send + Sync + 'static {
+    async fn execute(
+        &self,
+        action: &crate::core::action::Action,
+        attempt: &crate::exec::Attempt<'_>,
+        cancel: CancellationToken,
+    ) -> crate::exec::Outcome;
+}
