@@ -58,9 +58,21 @@ fn page_key(dir: &std::path::Path) -> anyhow::Result<[u8; 32]> {
 
 impl Node {
     /// Open the store, start the actors and the gRPC server.
-    pub async fn start(settings: Settings, probe: Option<Arc<LatenessProbe>>) -> anyhow::Result<Self> {
+    pub async fn start(
+        settings: Settings,
+        probe: Option<Arc<LatenessProbe>>,
+    ) -> anyhow::Result<Self> {
         let store = Store::open(&settings.data_dir, settings.store.clone())
             .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
+        Self::start_on(settings, store, probe).await
+    }
+
+    /// Start on a store the caller opened (benchmarks load it first).
+    pub async fn start_on(
+        settings: Settings,
+        store: Store,
+        probe: Option<Arc<LatenessProbe>>,
+    ) -> anyhow::Result<Self> {
         let clock = Arc::new(SystemClock);
         let deps = Arc::new(Deps {
             node: settings.node.clone(),
@@ -112,7 +124,10 @@ impl Node {
         let grace = self.grace;
         let res = self
             .supervisor
-            .call(|r| NodeSupervisorMsg::Shutdown(grace, r), Some(grace + Duration::from_secs(10)))
+            .call(
+                |r| NodeSupervisorMsg::Shutdown(grace, r),
+                Some(grace + Duration::from_secs(10)),
+            )
             .await;
         if !matches!(res, Ok(ractor::rpc::CallResult::Success(()))) {
             warn!("node did not drain cleanly");

@@ -52,6 +52,13 @@ async fn kill9_and_restart_runs_nothing_twice_and_loses_nothing() {
             time_zone: "UTC".into(),
             ..Default::default()
         }),
+        // `allow`: the firings due during the downtime all fall due at the restart; the
+        // default `skip` would record all but one as skipped (accounted for, but this
+        // test proves they run late).
+        policy: Some(pb::Policy {
+            overlap: pb::Overlap::Allow as i32,
+            ..Default::default()
+        }),
         action: Some(pb::Action {
             kind: Some(pb::action::Kind::Command(pb::CommandAction {
                 argv: vec![

@@ -51,7 +51,10 @@ fn every_source_file_has_a_header() {
             }
         }
     }
-    assert!(missing.is_empty(), "files without a //! header: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "files without a //! header: {missing:#?}"
+    );
 }
 
 #[test]

@@ -96,8 +96,9 @@ impl Actor for NodeSupervisor {
                     status.owner = Some(s);
                 }
                 for r in state.regions.values() {
-                    if let Ok(ractor::rpc::CallResult::Success(s)) =
-                        r.call(RegionSupervisorMsg::Status, Some(CALL_TIMEOUT)).await
+                    if let Ok(ractor::rpc::CallResult::Success(s)) = r
+                        .call(RegionSupervisorMsg::Status, Some(CALL_TIMEOUT))
+                        .await
                     {
                         status.regions.push(s);
                     }

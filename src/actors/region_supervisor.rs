@@ -13,9 +13,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use ractor::{
-    Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
-};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -128,9 +126,13 @@ impl Actor for RegionSupervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut idle = Vec::with_capacity(deps.config.workers_max);
         for _ in 0..deps.config.workers_max {
-            let (w, _) =
-                Actor::spawn_linked(None, Worker, (deps.clone(), myself.clone()), myself.get_cell())
-                    .await?;
+            let (w, _) = Actor::spawn_linked(
+                None,
+                Worker,
+                (deps.clone(), myself.clone()),
+                myself.get_cell(),
+            )
+            .await?;
             idle.push(w);
         }
         let held = Arc::new(AtomicUsize::new(0));
@@ -360,17 +362,17 @@ impl RegionState {
             return;
         }
         let override_overlap = matches!(
-                d.run.trigger,
-                Trigger::Manual {
-                    override_overlap: true
-                }
-            );
+            d.run.trigger,
+            Trigger::Manual {
+                override_overlap: true
+            }
+        );
         let policy = d.job.policy.overlap;
-        let actions = self
-            .overlap
-            .entry(d.job.uid)
-            .or_default()
-            .on_due(policy, d.run.firing, override_overlap);
+        let actions = self.overlap.entry(d.job.uid).or_default().on_due(
+            policy,
+            d.run.firing,
+            override_overlap,
+        );
         self.apply_overlap(Some(item), actions).await;
     }
 
@@ -428,7 +430,10 @@ impl RegionState {
                 }
             }
         }
-        debug_assert!(item.is_none(), "the overlap policy decided nothing for a due item");
+        debug_assert!(
+            item.is_none(),
+            "the overlap policy decided nothing for a due item"
+        );
     }
 
     fn release(&self, n: usize) {

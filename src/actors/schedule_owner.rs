@@ -214,7 +214,11 @@ impl OwnerState {
             self.index_job(job.clone(), cursor);
             by_name.insert(job.name.clone(), job);
         }
-        info!(jobs = by_name.len(), indexed = self.index.len(), "jobs loaded");
+        info!(
+            jobs = by_name.len(),
+            indexed = self.index.len(),
+            "jobs loaded"
+        );
         Ok(by_name)
     }
 
@@ -264,7 +268,9 @@ impl OwnerState {
                             number,
                             status: AttemptStatus::WorkerLost,
                             finished_at: now,
-                            summary: "the node stopped while this attempt ran; its outcome is unknown".into(),
+                            summary:
+                                "the node stopped while this attempt ran; its outcome is unknown"
+                                    .into(),
                             exit_code: None,
                             http_status: None,
                             output_tail: String::new(),
@@ -330,7 +336,10 @@ impl OwnerState {
     }
 
     /// Plan, claim and dispatch everything due within the lead.
-    async fn tick(&mut self, myself: &ActorRef<ScheduleOwnerMsg>) -> Result<(), ActorProcessingErr> {
+    async fn tick(
+        &mut self,
+        myself: &ActorRef<ScheduleOwnerMsg>,
+    ) -> Result<(), ActorProcessingErr> {
         if !self.flush().await {
             self.arm(myself, self.deps.clock.now() + std_to_chrono(RETRY_AFTER));
             return Ok(());
@@ -535,10 +544,7 @@ impl OwnerState {
 }
 
 /// Turn a retry decision after a failed attempt into the run's next state.
-pub fn next_after_failure(
-    decision: RetryDecision,
-    now: Timestamp,
-) -> (State, Option<Timestamp>) {
+pub fn next_after_failure(decision: RetryDecision, now: Timestamp) -> (State, Option<Timestamp>) {
     match decision {
         RetryDecision::RetryIn(d) => (State::RetryWait, Some(now + std_to_chrono(d))),
         RetryDecision::DeadLetter => (State::DeadLettered, None),

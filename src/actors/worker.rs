@@ -74,7 +74,9 @@ impl Actor for Worker {
             region = %item.dispatch.job.name.region,
             attempt = item.attempt,
         );
-        let done = run_attempt(&state.deps, &item, cancel).instrument(span).await;
+        let done = run_attempt(&state.deps, &item, cancel)
+            .instrument(span)
+            .await;
         let _ = state.supervisor.cast(RegionSupervisorMsg::AttemptDone {
             worker: myself.get_id(),
             item,

@@ -8,7 +8,8 @@ pub mod pb {
     tonic::include_proto!("meridian.v1");
 
     /// The encoded file descriptor set, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("meridian_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("meridian_descriptor");
 }
 
 mod convert;
@@ -42,9 +43,12 @@ pub struct Context {
     pub page_key: [u8; 32],
 }
 
-/// Largest request or response message, decoded or encoded (a job's body and headers
-/// are capped far below it by the core's limits).
-pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+/// Largest request accepted (a job's body and headers are capped far below it by
+/// the core's limits).
+pub const REQUEST_BYTES_MAX: usize = 1024 * 1024;
+/// Largest response sent: the 4 MiB most gRPC clients accept by default (list pages
+/// stop short of it, see `page::PAGE_BYTES_MAX`).
+pub const RESPONSE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Serve the Scheduler service, gRPC health (`""` and `meridian.v1.Scheduler`) and
 /// server reflection (v1 and v1alpha) on `listener` until `stop` is cancelled.
@@ -69,9 +73,17 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let scheduler = SchedulerServer::new(Service::new(ctx))
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        .max_decoding_message_size(REQUEST_BYTES_MAX)
+        .max_encoding_message_size(RESPONSE_BYTES_MAX);
+    // Small request/response pairs: Nagle's delay would dominate their latency.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            let conn = conn?;
+            conn.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(conn)
+        },
+    );
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)

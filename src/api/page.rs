@@ -22,6 +22,9 @@ use crate::core::{FieldError, Timestamp};
 pub const PAGE_SIZE_DEFAULT: usize = 50;
 /// Largest page; larger requests are coerced down to it (AIP-158).
 pub const PAGE_SIZE_MAX: usize = 1000;
+/// Encoded bytes of the items of one page at most: a page ends early rather than
+/// exceed it, below the 4 MiB most gRPC clients accept by default.
+pub const PAGE_BYTES_MAX: usize = 3 * 1024 * 1024;
 /// Longest token accepted: cursors are small, anything longer is not ours.
 const TOKEN_BYTES_MAX: usize = 1024;
 /// Format version, first byte of every payload.

@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use chrono_tz::Tz;
+use prost::Message as _;
 use ractor::rpc::CallResult;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -36,9 +37,9 @@ pub const REQUEST_ID_LEN_MAX: usize = 128;
 pub const TRIGGER_REQUESTS_MAX: usize = 10_000;
 /// Read-modify-write attempts of pause/resume without an etag before giving up.
 const UPDATE_TRIES_MAX: usize = 3;
-/// Firings a preview shows when the request gives no count, and at most.
+/// Firings a preview shows when the request gives no count (at most
+/// `schedule::PREVIEW_COUNT_MAX`; larger counts are coerced down to it).
 pub const PREVIEW_COUNT_DEFAULT: usize = 10;
-pub const PREVIEW_COUNT_MAX: usize = 1000;
 /// `parent` of a listing across every region.
 const EVERY_REGION: &str = "regions/-";
 
@@ -116,6 +117,14 @@ fn in_job(e: FieldError) -> Error {
         e = e.within("job");
     }
     Error::Field(e)
+}
+
+/// The anchor of an interval that names none: `t` in whole seconds, so that its
+/// firings land on whole seconds too (`every 5s` fires at :00, :05, ..., not at
+/// :00.932450407).
+fn anchor_default(t: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound as _;
+    t.trunc_subsecs(0)
 }
 
 /// Whether an etag from a request (quoted or not) is the job's current one.
@@ -198,7 +207,7 @@ impl Service {
             uid: Uuid::new_v4(),
             description: input.description,
             labels: convert::labels_in(input.labels),
-            schedule: convert::schedule_in(input.schedule, now).map_err(in_job)?,
+            schedule: convert::schedule_in(input.schedule, anchor_default(now)).map_err(in_job)?,
             action: convert::action_in(input.action).map_err(in_job)?,
             policy: convert::policy_in(input.policy).map_err(in_job)?,
             paused: false,
@@ -231,18 +240,27 @@ impl Service {
         let after = self.tokens.jobs_cursor(&req.parent, &req.page_token)?;
         // One more than a page tells whether another page follows.
         let mut jobs = self.ctx.catalog.list_jobs(&filter, after, size + 1).await?;
-        let next_page_token = if jobs.len() > size {
-            jobs.truncate(size);
-            let last = jobs.last().expect("size is at least 1");
+        let mut more = jobs.len() > size;
+        jobs.truncate(size);
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut bytes = 0;
+        for job in &jobs {
+            let shown = self.job_out(job, Vec::new()).await?;
+            // A short page rather than a response clients refuse (AIP-158 allows it).
+            bytes += shown.encoded_len();
+            if !out.is_empty() && bytes > page::PAGE_BYTES_MAX {
+                more = true;
+                break;
+            }
+            out.push(shown);
+        }
+        let next_page_token = if more {
+            let last = &jobs[out.len() - 1];
             self.tokens
                 .jobs(&req.parent, &(last.create_time, last.name.clone()))
         } else {
             String::new()
         };
-        let mut out = Vec::with_capacity(jobs.len());
-        for job in &jobs {
-            out.push(self.job_out(job, Vec::new()).await?);
-        }
         Ok(pb::ListJobsResponse {
             jobs: out,
             next_page_token,
@@ -386,17 +404,29 @@ impl Service {
             .tokens
             .runs_cursor(&req.parent, job.uid, &req.page_token)?;
         let mut runs = self.ctx.runs.list_runs(job.uid, before, size + 1).await?;
-        let next_page_token = if runs.len() > size {
-            runs.truncate(size);
-            let last = runs.last().expect("size is at least 1");
+        let mut more = runs.len() > size;
+        runs.truncate(size);
+        let tz = zone(&job.schedule);
+        let mut out = Vec::with_capacity(runs.len());
+        let mut bytes = 0;
+        for run in &runs {
+            let shown = convert::run_out(run, tz);
+            bytes += shown.encoded_len();
+            if !out.is_empty() && bytes > page::PAGE_BYTES_MAX {
+                more = true;
+                break;
+            }
+            out.push(shown);
+        }
+        let next_page_token = if more {
+            let last = &runs[out.len() - 1];
             self.tokens
                 .runs(&req.parent, job.uid, (last.scheduled_at, last.firing))
         } else {
             String::new()
         };
-        let tz = zone(&job.schedule);
         Ok(pb::ListRunsResponse {
-            runs: runs.iter().map(|r| convert::run_out(r, tz)).collect(),
+            runs: out,
             next_page_token,
         })
     }
@@ -429,7 +459,7 @@ impl Service {
         let count = match req.count {
             0 => PREVIEW_COUNT_DEFAULT,
             n if n < 0 => return Err(FieldError::new("count", "must not be negative").into()),
-            n => (n as usize).min(PREVIEW_COUNT_MAX),
+            n => (n as usize).min(schedule::PREVIEW_COUNT_MAX),
         };
         let spec = match req.source {
             Some(Source::Job(name)) => {
@@ -438,7 +468,7 @@ impl Service {
             }
             // Field paths are already the request's (`schedule.cron`). An inline
             // interval without an anchor counts from the preview's start.
-            Some(Source::Schedule(s)) => convert::schedule_in(Some(s), from)?,
+            Some(Source::Schedule(s)) => convert::schedule_in(Some(s), anchor_default(from))?,
             None => {
                 return Err(FieldError::new("schedule", "is required (or name a job)").into());
             }

@@ -18,6 +18,7 @@ use crate::core::job::Job;
 use crate::core::policy::Policies;
 use crate::core::schedule::{DstFold, DstGap, Kind, ScheduleSpec, TZDB_VERSION};
 use crate::node::{Node, Settings};
+
 use crate::ports::Clock as _;
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -157,9 +158,8 @@ async fn fire(args: FireArgs) -> anyhow::Result<()> {
     if !batch.is_empty() {
         store.bulk_load(batch).await?;
     }
-    drop(store);
     let probe = Arc::new(LatenessProbe::new(SAMPLES_MAX));
-    let node = Node::start(settings, Some(probe.clone())).await?;
+    let node = Node::start_on(settings, store, Some(probe.clone())).await?;
     // Wait until the owner has indexed every job.
     loop {
         let status = node

@@ -104,6 +104,10 @@ fn from_status(s: Status, endpoint: &str) -> Failure {
             "cannot reach meridian at {endpoint}: {}",
             s.message()
         )),
+        // These messages say what happened on their own.
+        Code::NotFound | Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => {
+            Failure::Other(s.message().to_owned())
+        }
         code => Failure::Other(format!("{} ({code:?})", s.message())),
     }
 }
@@ -116,6 +120,12 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(endpoint: &str) -> Result<Self, Failure> {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(Failure::flag(
+                "--endpoint",
+                format!("{endpoint:?} is not a url like {}", super::ENDPOINT_DEFAULT),
+            ));
+        }
         let ep = Endpoint::from_shared(endpoint.to_owned())
             .map_err(|e| {
                 Failure::flag(
@@ -627,9 +637,12 @@ pub struct PreviewArgs {
     /// A one-shot time instead.
     #[arg(long, value_parser = parse_at)]
     pub at: Option<At>,
-    /// An existing job's schedule instead (regions/R/jobs/ID).
+    /// An existing job's schedule instead (regions/R/jobs/ID, or an ID in --region).
     #[arg(long)]
     pub job: Option<String>,
+    /// Region of a job given by id.
+    #[arg(long, default_value = REGION_DEFAULT, requires = "job")]
+    pub region: String,
     #[command(flatten)]
     pub schedule: ScheduleFlags,
     /// Firings to show.
@@ -794,7 +807,7 @@ pub async fn runs(ctx: &Ctx, cmd: RunsCmd) -> Result<(), Failure> {
 
 pub async fn preview(ctx: &Ctx, args: PreviewArgs) -> Result<(), Failure> {
     let source = match args.job {
-        Some(job) => pb::preview_schedule_request::Source::Job(job_name(&job, REGION_DEFAULT)),
+        Some(job) => pb::preview_schedule_request::Source::Job(job_name(&job, &args.region)),
         None => pb::preview_schedule_request::Source::Schedule(schedule(
             args.expr,
             args.every,

@@ -441,11 +441,15 @@ impl Printer {
             (
                 "retry",
                 p.and_then(|p| p.retry.as_ref()).map_or("-".into(), |r| {
-                    format!(
-                        "{} attempts, timeout {}",
-                        r.attempts_max.unwrap_or(1),
-                        human(duration(r.timeout.as_ref()).unwrap_or_default())
-                    )
+                    let timeout = human(duration(r.timeout.as_ref()).unwrap_or_default());
+                    match r.attempts_max.unwrap_or(1) {
+                        1 => format!("no retry (1 attempt), timeout {timeout}"),
+                        n => format!(
+                            "{n} attempts, backoff {} to {}, timeout {timeout}",
+                            human(duration(r.backoff_initial.as_ref()).unwrap_or_default()),
+                            human(duration(r.backoff_max.as_ref()).unwrap_or_default()),
+                        ),
+                    }
                 }),
             ),
             ("state", if j.paused { "paused" } else { "active" }.into()),

@@ -14,7 +14,9 @@ pub enum Cause {
     Schedule,
     /// A manual trigger; `nonce` distinguishes triggers at the same instant (the
     /// request id hashed by the caller, or a counter).
-    Manual { nonce: u64 },
+    Manual {
+        nonce: u64,
+    },
 }
 
 /// The firing id of `job_uid` at `scheduled_at`: a UUIDv5 in the job's namespace.
@@ -47,6 +49,9 @@ mod tests {
         );
         assert_ne!(a, firing_id(job, t, Cause::Manual { nonce: 0 }));
         // Stable across versions: the id is part of the public contract (targets dedupe on it).
-        assert_eq!(a.to_string(), firing_id(job, t, Cause::Schedule).0.to_string());
+        assert_eq!(
+            a.to_string(),
+            firing_id(job, t, Cause::Schedule).0.to_string()
+        );
     }
 }

@@ -463,7 +463,11 @@ mod tests {
         // The 5 most recent late ones plus the on-time ones (995..=1000 s: within the
         // grace, which is inclusive) run.
         assert_eq!(queued, 5 + 6);
-        assert_eq!(queued as u64 + missed, 1000, "every firing is accounted for");
+        assert_eq!(
+            queued as u64 + missed,
+            1000,
+            "every firing is accounted for"
+        );
         assert!(runs.len() <= 5 + 6 + catchup::MISSED_RECORDS_MAX + 1);
         assert_eq!(plans[0].cursor, t(1000));
     }

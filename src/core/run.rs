@@ -137,6 +137,7 @@ pub struct Run {
 
 impl Run {
     /// A fresh run, claimed and queued for its first attempt.
+    #[allow(clippy::too_many_arguments)] // the fields of a run's identity; no sensible grouping
     pub fn queued(
         firing: FiringId,
         job: JobName,

@@ -25,8 +25,8 @@ use crate::core::ids::{Epoch, FiringId, JobName};
 use crate::core::job::Job;
 use crate::core::run::{Attempt, OUTPUT_TAIL_BYTES_MAX, Run, State};
 use crate::ports::{
-    AttemptEnd, AttemptStart, Catalog, CatalogEvent, Claim, Error, JobCursor, JobFilter,
-    Refusal, Result, RunLog,
+    AttemptEnd, AttemptStart, Catalog, CatalogEvent, Claim, Error, JobCursor, JobFilter, Refusal,
+    Result, RunLog,
 };
 
 /// name ("region/job") -> Job (JSON)
@@ -115,9 +115,14 @@ fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T> {
     serde_json::from_slice(b).map_err(storage)
 }
 
+/// Nanoseconds since the epoch, saturating outside 1677..2262 (only range bounds go
+/// there: schedules are bounded to years the nanosecond range holds).
 fn ns(t: Timestamp) -> i64 {
-    t.timestamp_nanos_opt()
-        .expect("instants are within 1677..2262")
+    t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
 }
 
 /// Order-preserving bytes of a signed instant.
@@ -274,7 +279,9 @@ impl Catalog for Store {
         let mut out = Vec::new();
         for entry in range {
             let (k, _) = entry.map_err(storage)?;
-            let name = std::str::from_utf8(&k.value()[8..]).map_err(storage)?.to_owned();
+            let name = std::str::from_utf8(&k.value()[8..])
+                .map_err(storage)?
+                .to_owned();
             if let Some(region) = &filter.region
                 && !name.starts_with(&format!("{region}/"))
             {
@@ -432,14 +439,14 @@ struct Writer {
 
 /// What one operation produced, kept until its transaction commits.
 enum Done {
-    Job(Reply<Job>, Result<Job>, Option<CatalogEvent>),
+    Job(Reply<Job>, Box<Result<Job>>, Option<CatalogEvent>),
     Usize(Reply<usize>, Result<usize>),
     Claims(Reply<Vec<bool>>, Result<Vec<bool>>),
     Start(
         Reply<std::result::Result<Run, Refusal>>,
-        Result<std::result::Result<Run, Refusal>>,
+        Box<Result<std::result::Result<Run, Refusal>>>,
     ),
-    Run(Reply<Run>, Result<Run>),
+    Run(Reply<Run>, Box<Result<Run>>),
     Epoch(Reply<Epoch>, Result<Epoch>),
 }
 
@@ -449,11 +456,11 @@ impl Done {
             Err(Error::Storage(e.to_string()))
         }
         match self {
-            Done::Job(r, _, _) => Done::Job(r, err(e), None),
+            Done::Job(r, _, _) => Done::Job(r, Box::new(err(e)), None),
             Done::Usize(r, _) => Done::Usize(r, err(e)),
             Done::Claims(r, _) => Done::Claims(r, err(e)),
-            Done::Start(r, _) => Done::Start(r, err(e)),
-            Done::Run(r, _) => Done::Run(r, err(e)),
+            Done::Start(r, _) => Done::Start(r, Box::new(err(e))),
+            Done::Run(r, _) => Done::Run(r, Box::new(err(e))),
             Done::Epoch(r, _) => Done::Epoch(r, err(e)),
         }
     }
@@ -462,15 +469,15 @@ impl Done {
         // A caller that gave up waiting is fine: the write is done either way.
         match self {
             Done::Job(r, res, ev) => {
-                if let (Ok(_), Some(ev)) = (&res, ev) {
+                if let (Ok(_), Some(ev)) = (&*res, ev) {
                     let _ = events.send(ev);
                 }
-                let _ = r.send(res);
+                let _ = r.send(*res);
             }
             Done::Usize(r, res) => drop(r.send(res)),
             Done::Claims(r, res) => drop(r.send(res)),
-            Done::Start(r, res) => drop(r.send(res)),
-            Done::Run(r, res) => drop(r.send(res)),
+            Done::Start(r, res) => drop(r.send(*res)),
+            Done::Run(r, res) => drop(r.send(*res)),
             Done::Epoch(r, res) => drop(r.send(res)),
         }
     }
@@ -539,8 +546,7 @@ impl Writer {
         let mut done = Vec::with_capacity(batch.len());
         let result = (|| -> Result<redb::WriteTransaction> {
             let mut wtx = self.db.begin_write().map_err(storage)?;
-            wtx.set_durability(Durability::Immediate)
-                .map_err(storage)?;
+            wtx.set_durability(Durability::Immediate).map_err(storage)?;
             {
                 let mut tx: Tx = (
                     wtx.open_table(JOBS).map_err(storage)?,
@@ -581,7 +587,7 @@ impl Writer {
                     .as_ref()
                     .ok()
                     .map(|j| CatalogEvent::Upserted(Arc::new(j.clone())));
-                Done::Job(r, res, ev)
+                Done::Job(r, Box::new(res), ev)
             }
             Op::UpdateJob(job, rev, r) => {
                 let res = update_job(tx, *job, rev);
@@ -589,7 +595,7 @@ impl Writer {
                     .as_ref()
                     .ok()
                     .map(|j| CatalogEvent::Upserted(Arc::new(j.clone())));
-                Done::Job(r, res, ev)
+                Done::Job(r, Box::new(res), ev)
             }
             Op::DeleteJob(name, r) => {
                 let res = delete_job(tx, &name);
@@ -597,15 +603,17 @@ impl Writer {
                     name: j.name.clone(),
                     uid: j.uid,
                 });
-                Done::Job(r, res, ev)
+                Done::Job(r, Box::new(res), ev)
             }
             Op::BulkLoad(jobs, r) => Done::Usize(r, bulk_load(tx, jobs)),
             Op::Claim(epoch, claims, r) => {
                 Done::Claims(r, claim(tx, epoch, claims, self.options.runs_per_job_max))
             }
-            Op::Start(f, s, r) => Done::Start(r, start(tx, f, s)),
-            Op::Finish(f, e, r) => Done::Run(r, finish(tx, f, *e)),
-            Op::EndRun(f, state, reason, r) => Done::Run(r, end_run(tx, f, state, reason)),
+            Op::Start(f, s, r) => Done::Start(r, Box::new(start(tx, f, s))),
+            Op::Finish(f, e, r) => Done::Run(r, Box::new(finish(tx, f, *e))),
+            Op::EndRun(f, state, reason, r) => {
+                Done::Run(r, Box::new(end_run(tx, f, state, reason)))
+            }
             Op::BumpEpoch(r) => Done::Epoch(r, bump_epoch(tx)),
         }
     }
@@ -763,17 +771,20 @@ fn read_run(tx: &Tx, firing: FiringId) -> Result<Option<(Vec<u8>, Run)>> {
     }
 }
 
-fn write_run(tx: &mut Tx, key: &[u8], run: &Run) -> Result<()> {
+/// Write a run; `was_open` says whether it was in the unfinished index before, so the
+/// index (another B-tree, another page path per commit) is touched only on a change.
+fn write_run(tx: &mut Tx, key: &[u8], run: &Run, was_open: bool) -> Result<()> {
     tx.runs
         .insert(key, encode(run)?.as_slice())
         .map_err(storage)?;
-    if run.state.is_terminal() {
-        tx.unfinished
-            .remove(run.firing.0.as_u128())
-            .map_err(storage)?;
-    } else {
+    let open = !run.state.is_terminal();
+    if open && !was_open {
         tx.unfinished
             .insert(run.firing.0.as_u128(), ())
+            .map_err(storage)?;
+    } else if !open && was_open {
+        tx.unfinished
+            .remove(run.firing.0.as_u128())
             .map_err(storage)?;
     }
     Ok(())
@@ -810,7 +821,7 @@ fn claim(tx: &mut Tx, epoch: Epoch, claims: Vec<Claim>, keep: u64) -> Result<Vec
             continue;
         }
         let key = run_key(uid, c.run.scheduled_at, c.run.firing);
-        write_run(tx, &key, &c.run)?;
+        write_run(tx, &key, &c.run, false)?;
         tx.run_keys
             .insert(c.run.firing.0.as_u128(), key.as_slice())
             .map_err(storage)?;
@@ -821,7 +832,9 @@ fn claim(tx: &mut Tx, epoch: Epoch, claims: Vec<Claim>, keep: u64) -> Result<Vec
             .map_or(0, |v| v.value())
             + 1;
         let count = enforce_retention(tx, uid, count, keep)?;
-        tx.run_counts.insert(uid.as_u128(), count).map_err(storage)?;
+        tx.run_counts
+            .insert(uid.as_u128(), count)
+            .map_err(storage)?;
         out.push(true);
     }
     Ok(out)
@@ -898,7 +911,7 @@ fn start(
         http_status: None,
         output_tail: String::new(),
     });
-    write_run(tx, &key, &run)?;
+    write_run(tx, &key, &run, true)?;
     Ok(Ok(run))
 }
 
@@ -906,6 +919,7 @@ fn finish(tx: &mut Tx, firing: FiringId, mut e: AttemptEnd) -> Result<Run> {
     let Some((key, mut run)) = read_run(tx, firing)? else {
         return Err(Error::NotFound(format!("run {firing}")));
     };
+    let was_open = !run.state.is_terminal();
     let Some(attempt) = run.attempts.iter_mut().find(|a| a.number == e.number) else {
         return Err(Error::Conflict(format!(
             "run {firing} has no attempt {}",
@@ -931,7 +945,7 @@ fn finish(tx: &mut Tx, firing: FiringId, mut e: AttemptEnd) -> Result<Run> {
         }
     }
     run.update_time = e.finished_at;
-    write_run(tx, &key, &run)?;
+    write_run(tx, &key, &run, was_open)?;
     Ok(run)
 }
 
@@ -946,6 +960,6 @@ fn end_run(tx: &mut Tx, firing: FiringId, state: State, reason: String) -> Resul
     run.state = state;
     run.reason = reason;
     run.next_attempt_at = None;
-    write_run(tx, &key, &run)?;
+    write_run(tx, &key, &run, true)?;
     Ok(run)
 }

@@ -32,6 +32,9 @@ pub use cron::CRON_EXPR_LEN_MAX;
 use cron::{Cron, YEAR_MAX};
 use zone::Mapped;
 
+/// An instant with the zone's offset at it.
+type Zoned = DateTime<Tz>;
+
 /// The IANA tz database release that chrono-tz embeds, and so the one that computed every
 /// instant here. Record it with the firings; when it changes, recompute future instants.
 pub const TZDB_VERSION: &str = chrono_tz::IANA_TZDB_VERSION;
@@ -313,21 +316,26 @@ impl Schedule {
         if self.end.is_some_and(|end| after >= end) {
             return None;
         }
-        let (at, decision) = match &self.rule {
+        let (zoned, decision) = match &self.rule {
             Rule::Cron(cron) => self.next_cron(cron, after)?,
             Rule::Interval {
                 every_nanos,
                 anchor,
             } => (
-                next_interval(*every_nanos, *anchor, after)?,
+                next_interval(*every_nanos, *anchor, after)?.with_timezone(&self.tz),
                 DstDecision::None,
             ),
             Rule::Once(once) => self.next_once(once, after)?,
         };
+        let at = zoned.with_timezone(&Utc);
         if at <= after || self.end.is_some_and(|end| at >= end) {
             return None;
         }
-        Some(self.firing(at, decision))
+        Some(Firing {
+            at,
+            local: zoned.fixed_offset(),
+            decision,
+        })
     }
 
     /// Up to `count` (at most `PREVIEW_COUNT_MAX`) firings strictly after `after`, in order.
@@ -360,20 +368,14 @@ impl Schedule {
         self.end
     }
 
+    /// The gap policy (used by cron and once-local only).
     pub fn dst_gap(&self) -> DstGap {
         self.gap
     }
 
+    /// The fold policy (used by cron and once-local only).
     pub fn dst_fold(&self) -> DstFold {
         self.fold
-    }
-
-    fn firing(&self, at: DateTime<Utc>, decision: DstDecision) -> Firing {
-        Firing {
-            at,
-            local: at.with_timezone(&self.tz).fixed_offset(),
-            decision,
-        }
     }
 
     fn fold_decision(&self) -> DstDecision {
@@ -397,7 +399,7 @@ impl Schedule {
     ///   (every later occurrence in it is still to come).
     ///
     /// `Both` takes the smaller of the two searches.
-    fn next_cron(&self, cron: &Cron, after: DateTime<Utc>) -> Option<(DateTime<Utc>, DstDecision)> {
+    fn next_cron(&self, cron: &Cron, after: DateTime<Utc>) -> Option<(Zoned, DstDecision)> {
         let offset = zone::offset_at(self.tz, after);
         let local = zone::local_of(after, offset)?;
         let just_after = local
@@ -443,7 +445,7 @@ impl Schedule {
         mut from: NaiveDateTime,
         pick: Pick,
         after: DateTime<Utc>,
-    ) -> Option<(DateTime<Utc>, DstDecision)> {
+    ) -> Option<(Zoned, DstDecision)> {
         for _ in 0..SEARCH_STEPS_MAX {
             let wall = cron.next_naive(from)?;
             let chosen = match zone::map_local(self.tz, &wall) {
@@ -470,7 +472,9 @@ impl Schedule {
                 },
             };
             match chosen {
-                Some((at, decision)) if at > after => return Some((at, decision)),
+                Some((at, decision)) if at.with_timezone(&Utc) > after => {
+                    return Some((at, decision));
+                }
                 // By construction the chosen instant is after `after`; if a zone breaks that
                 // (two transitions within hours), move on rather than go back in time.
                 _ => from = wall.checked_add_signed(TimeDelta::seconds(1))?,
@@ -483,8 +487,8 @@ impl Schedule {
         match zone::map_local(self.tz, local) {
             Mapped::Ambiguous(earlier_at, later_at) => {
                 // The earlier occurrence carries the larger offset.
-                let earlier = zone::offset_at(self.tz, earlier_at);
-                let later = zone::offset_at(self.tz, later_at);
+                let earlier = zone::offset_of(&earlier_at);
+                let later = zone::offset_of(&later_at);
                 if offset == earlier {
                     FoldPosition::FirstPass { earlier, later }
                 } else {
@@ -513,9 +517,9 @@ impl Schedule {
         zone::local_of(transition, earlier)
     }
 
-    fn next_once(&self, once: &Once, after: DateTime<Utc>) -> Option<(DateTime<Utc>, DstDecision)> {
-        let candidates: [Option<(DateTime<Utc>, DstDecision)>; 2] = match once {
-            Once::Utc(at) => [Some((*at, DstDecision::None)), None],
+    fn next_once(&self, once: &Once, after: DateTime<Utc>) -> Option<(Zoned, DstDecision)> {
+        let candidates: [Option<(Zoned, DstDecision)>; 2] = match once {
+            Once::Utc(at) => [Some((at.with_timezone(&self.tz), DstDecision::None)), None],
             Once::Local(wall) => match zone::map_local(self.tz, wall) {
                 Mapped::Single(at) => [Some((at, DstDecision::None)), None],
                 Mapped::Ambiguous(earlier, later) => {
@@ -532,7 +536,10 @@ impl Schedule {
                 },
             },
         };
-        candidates.into_iter().flatten().find(|(at, _)| *at > after)
+        candidates
+            .into_iter()
+            .flatten()
+            .find(|(at, _)| at.with_timezone(&Utc) > after)
     }
 }
 
@@ -561,9 +568,9 @@ fn nanos_since_epoch(t: DateTime<Utc>) -> i128 {
 }
 
 fn min_firing(
-    a: Option<(DateTime<Utc>, DstDecision)>,
-    b: Option<(DateTime<Utc>, DstDecision)>,
-) -> Option<(DateTime<Utc>, DstDecision)> {
+    a: Option<(Zoned, DstDecision)>,
+    b: Option<(Zoned, DstDecision)>,
+) -> Option<(Zoned, DstDecision)> {
     match (a, b) {
         (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
         (a, b) => a.or(b),

@@ -102,12 +102,12 @@ fn never_fires(spec: &ScheduleSpec, schedule: &Schedule, now: DateTime<Utc>) -> 
 
 fn has_instant_after(mapped: Mapped, fold: DstFold, now: DateTime<Utc>) -> bool {
     match mapped {
-        Mapped::Single(at) => at > now,
+        Mapped::Single(at) => at.with_timezone(&Utc) > now,
         Mapped::Ambiguous(earlier, later) => match fold {
-            DstFold::First => earlier > now,
-            DstFold::Last | DstFold::Both => later > now,
+            DstFold::First => earlier.with_timezone(&Utc) > now,
+            DstFold::Last | DstFold::Both => later.with_timezone(&Utc) > now,
         },
-        Mapped::Gap { at, .. } => at.is_some_and(|at| at > now),
+        Mapped::Gap { at, .. } => at.is_some_and(|at| at.with_timezone(&Utc) > now),
     }
 }
 

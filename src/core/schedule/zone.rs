@@ -11,18 +11,19 @@ use chrono_tz::{GapInfo, Tz};
 /// it, so one probe per step sees every transition.
 const TRANSITION_PROBE_STEP_SECS: i64 = 6 * 3600;
 
-/// The instants a wall-clock time stands for in a zone.
+/// The instants a wall-clock time stands for in a zone, each with its offset there (so that
+/// rendering a firing needs no second lookup).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mapped {
     /// Occurs once.
-    Single(DateTime<Utc>),
+    Single(DateTime<Tz>),
     /// Occurs twice (a fold, clocks set back): earlier and later instant.
-    Ambiguous(DateTime<Utc>, DateTime<Utc>),
+    Ambiguous(DateTime<Tz>, DateTime<Tz>),
     /// Does not occur (a gap, clocks set forward). `at` is the first instant after the gap
     /// (the transition), `end` the first wall time after it; None only at the ends of the
     /// zone's table.
     Gap {
-        at: Option<DateTime<Utc>>,
+        at: Option<DateTime<Tz>>,
         end: Option<NaiveDateTime>,
     },
 }
@@ -30,14 +31,12 @@ pub(crate) enum Mapped {
 /// Maps a wall-clock time in `tz` to the instants it stands for.
 pub(crate) fn map_local(tz: Tz, local: &NaiveDateTime) -> Mapped {
     match tz.from_local_datetime(local) {
-        LocalResult::Single(t) => Mapped::Single(t.with_timezone(&Utc)),
-        LocalResult::Ambiguous(a, b) => {
-            let (a, b) = (a.with_timezone(&Utc), b.with_timezone(&Utc));
-            Mapped::Ambiguous(a.min(b), a.max(b))
-        }
+        LocalResult::Single(t) => Mapped::Single(t),
+        LocalResult::Ambiguous(a, b) if b < a => Mapped::Ambiguous(b, a),
+        LocalResult::Ambiguous(a, b) => Mapped::Ambiguous(a, b),
         LocalResult::None => match GapInfo::new(local, &tz).and_then(|g| g.end) {
             Some(end) => Mapped::Gap {
-                at: Some(end.with_timezone(&Utc)),
+                at: Some(end),
                 end: Some(end.naive_local()),
             },
             None => Mapped::Gap {
@@ -46,6 +45,11 @@ pub(crate) fn map_local(tz: Tz, local: &NaiveDateTime) -> Mapped {
             },
         },
     }
+}
+
+/// Offset of a zoned time, in seconds east of UTC.
+pub(crate) fn offset_of(t: &DateTime<Tz>) -> i32 {
+    t.offset().fix().local_minus_utc()
 }
 
 /// UTC offset of `tz` at `t`, in seconds east of UTC.

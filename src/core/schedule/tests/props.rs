@@ -271,7 +271,8 @@ fn first_difference(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // 256 cases each (proptest's default); PROPTEST_CASES=5000 for a longer run.
+    #![proptest_config(ProptestConfig::default())]
 
     /// Around DST transitions, under every policy: the computed firings are exactly the
     /// brute-force ones, in strictly increasing order.
