@@ -24,7 +24,7 @@ use crate::core::job::Job;
 use crate::core::owner::{Index, Plan};
 use crate::core::policy::retry::{self, Decision as RetryDecision, Failure};
 use crate::core::run::{AttemptStatus, Run, State, Trigger};
-use crate::ports::{AttemptEnd, CatalogEvent, Claim, Dispatch, Error, Term};
+use crate::ports::{AttemptEnd, CatalogEvent, Claim, Dispatch, Error, JobFilter, Term};
 
 /// Longest the owner sleeps between ticks, even with nothing due (it re-checks its
 /// pending dispatches and term).
@@ -34,6 +34,8 @@ const RETRY_AFTER: Duration = Duration::from_millis(20);
 /// Claimed dispatches the owner holds while regions are full; past it, it stops
 /// claiming until they drain.
 const PENDING_MAX: usize = 100_000;
+/// Jobs read per page while loading the index.
+const LOAD_PAGE_MAX: usize = 10_000;
 
 pub enum ScheduleOwnerMsg {
     /// Time to plan and claim what is due. Carries the timer's sequence number.
@@ -139,8 +141,8 @@ impl Actor for ScheduleOwner {
             watch: Some(watch),
             stats: Status::default(),
         };
-        let jobs = state.load().await?;
-        state.recover(&jobs).await?;
+        state.load().await?;
+        state.recover().await?;
         state.stats.epoch = state.term.epoch;
         Ok(state)
     }
@@ -203,26 +205,37 @@ impl Actor for ScheduleOwner {
 }
 
 impl OwnerState {
-    /// Load every job and cursor into a fresh index; return the jobs by name.
-    async fn load(&mut self) -> Result<HashMap<JobName, Arc<Job>>, ActorProcessingErr> {
-        let jobs = self.deps.catalog.all_jobs().await?;
+    /// Load every job and cursor into a fresh index, a page at a time (a million jobs
+    /// must not sit in memory twice).
+    async fn load(&mut self) -> Result<(), ActorProcessingErr> {
         let cursors: HashMap<_, _> = self.deps.runs.cursors().await?.into_iter().collect();
-        let mut by_name = HashMap::with_capacity(jobs.len());
-        for job in jobs {
-            let job = Arc::new(job);
-            let cursor = cursors.get(&job.uid).copied().unwrap_or(job.create_time);
-            self.index_job(job.clone(), cursor);
-            by_name.insert(job.name.clone(), job);
+        let filter = JobFilter::default();
+        let mut after = None;
+        let mut total = 0usize;
+        loop {
+            let page = self
+                .deps
+                .catalog
+                .list_jobs(&filter, after.take(), LOAD_PAGE_MAX)
+                .await?;
+            let full = page.len() == LOAD_PAGE_MAX;
+            if let Some(last) = page.last() {
+                after = Some((last.create_time, last.name.clone()));
+            }
+            for job in &page {
+                let cursor = cursors.get(&job.uid).copied().unwrap_or(job.create_time);
+                self.index_job(job, cursor);
+            }
+            total += page.len();
+            if !full {
+                break;
+            }
         }
-        info!(
-            jobs = by_name.len(),
-            indexed = self.index.len(),
-            "jobs loaded"
-        );
-        Ok(by_name)
+        info!(jobs = total, indexed = self.index.len(), "jobs loaded");
+        Ok(())
     }
 
-    fn index_job(&mut self, job: Arc<Job>, cursor: Timestamp) {
+    fn index_job(&mut self, job: &Job, cursor: Timestamp) {
         match job.schedule.compile() {
             Ok(schedule) => self.index.upsert(job, schedule, cursor),
             // Validated at the API; a stored schedule that no longer compiles (e.g. a
@@ -231,17 +244,26 @@ impl OwnerState {
         }
     }
 
+    /// The job a run belongs to, as the catalog has it now; None if it was deleted or
+    /// replaced by a new job of the same name.
+    async fn job_of(&self, name: &JobName, uid: uuid::Uuid) -> Result<Option<Arc<Job>>, Error> {
+        Ok(self
+            .deps
+            .catalog
+            .get_job(name)
+            .await?
+            .filter(|j| j.uid == uid)
+            .map(Arc::new))
+    }
+
     /// Runs a previous term left unfinished: queued or waiting ones are dispatched
     /// again (or recorded missed, past their catch-up window); an attempt that was
     /// running has an unknown outcome: it is recorded `worker_lost` and retried only
     /// if its retry policy allows, as a new attempt.
-    async fn recover(
-        &mut self,
-        jobs: &HashMap<JobName, Arc<Job>>,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn recover(&mut self) -> Result<(), ActorProcessingErr> {
         let now = self.deps.clock.now();
         for mut run in self.deps.runs.unfinished().await? {
-            let Some(job) = jobs.get(&run.job).filter(|j| j.uid == run.job_uid) else {
+            let Some(job) = self.job_of(&run.job, run.job_uid).await? else {
                 self.deps
                     .runs
                     .end_run(run.firing, State::Cancelled, "job was deleted".into())
@@ -301,7 +323,7 @@ impl OwnerState {
             self.stats.recovered += 1;
             self.pending.push_back(Dispatch {
                 run,
-                job: job.clone(),
+                job,
                 epoch: self.term.epoch,
             });
         }
@@ -324,7 +346,7 @@ impl OwnerState {
                         .unwrap_or(job.create_time),
                 };
                 debug!(job = %job.name, paused = job.paused, "job changed");
-                self.index_job(job, cursor);
+                self.index_job(&job, cursor);
             }
             CatalogEvent::Deleted { uid, name } => {
                 debug!(job = %name, "job deleted");
@@ -404,6 +426,7 @@ impl OwnerState {
             Ok(inserted) => {
                 let mut i = 0;
                 for plan in plans {
+                    let mut job = None;
                     for run in plan.runs {
                         let fresh = inserted[i];
                         i += 1;
@@ -412,12 +435,26 @@ impl OwnerState {
                             self.stats.missed += 1;
                         }
                         // Not fresh: claimed by an earlier term, which recovery handles.
-                        if fresh && run.state == State::Queued {
-                            self.pending.push_back(Dispatch {
+                        if !fresh || run.state != State::Queued {
+                            continue;
+                        }
+                        // The index holds only what planning needs; the full job is read
+                        // now, once per plan, so the dispatch carries its latest version.
+                        if job.is_none() {
+                            job = Some(self.job_of(&plan.job.name, plan.job.uid).await?);
+                        }
+                        match job.clone().flatten() {
+                            Some(job) => self.pending.push_back(Dispatch {
                                 run,
-                                job: plan.job.clone(),
+                                job,
                                 epoch: self.term.epoch,
-                            });
+                            }),
+                            None => {
+                                self.deps
+                                    .runs
+                                    .end_run(run.firing, State::Cancelled, "job was deleted".into())
+                                    .await?;
+                            }
                         }
                     }
                 }

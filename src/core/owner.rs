@@ -8,16 +8,15 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 
 use uuid::Uuid;
 
 use super::Timestamp;
 use super::firing::{Cause, firing_id};
-use super::ids::Epoch;
+use super::ids::{Epoch, JobName};
 use super::job::Job;
-use super::policy::catchup::{self, Decision};
+use super::policy::catchup::{self, Catchup, Decision};
 use super::policy::spread;
 use super::run::{Run, State, Trigger};
 use super::schedule::Schedule;
@@ -25,10 +24,33 @@ use super::schedule::Schedule;
 /// Most firings of one job planned in one pass; the rest wait for the next pass.
 pub const SCAN_MAX: usize = 100_000;
 
+/// What planning needs of a job, and no more: the index holds one per active job
+/// (a million of them within the memory budget), and the full job is read from the
+/// catalog only when one of its firings is claimed.
+#[derive(Clone, Debug)]
+pub struct JobRef {
+    pub uid: Uuid,
+    pub name: JobName,
+    catchup: Catchup,
+    /// The last pause window [paused_at, resumed_at), if any.
+    pause: Option<(Timestamp, Timestamp)>,
+}
+
+impl JobRef {
+    pub fn of(job: &Job) -> Self {
+        Self {
+            uid: job.uid,
+            name: job.name.clone(),
+            catchup: job.policy.catchup.clone(),
+            pause: job.paused_at.zip(job.resumed_at),
+        }
+    }
+}
+
 /// An indexed job: its compiled schedule, where it stands, and its next firing.
 #[derive(Debug)]
 struct Slot {
-    job: Arc<Job>,
+    job: JobRef,
     schedule: Schedule,
     /// Last scheduled instant handled (claimed or recorded).
     cursor: Timestamp,
@@ -55,7 +77,7 @@ pub struct Index {
 /// What the owner must do for one job whose firing came due.
 #[derive(Debug)]
 pub struct Plan {
-    pub job: Arc<Job>,
+    pub job: JobRef,
     /// Runs to claim, in scheduled order: queued ones are dispatched after the claim
     /// commits; terminal ones (missed, paused) are only recorded.
     pub runs: Vec<Run>,
@@ -93,7 +115,7 @@ impl Index {
 
     /// Insert or replace a job. `cursor` is the last scheduled instant handled for it.
     /// Paused jobs are not indexed: their firings are accounted for on resume.
-    pub fn upsert(&mut self, job: Arc<Job>, schedule: Schedule, cursor: Timestamp) {
+    pub fn upsert(&mut self, job: &Job, schedule: Schedule, cursor: Timestamp) {
         if job.paused {
             self.remove(&job.uid);
             return;
@@ -119,7 +141,7 @@ impl Index {
                 .push(Reverse((nanos(add(at, spread)), slot_id, generation)));
         }
         self.slots[slot_id as usize] = Some(Slot {
-            job,
+            job: JobRef::of(job),
             schedule,
             cursor,
             next_at,
@@ -261,7 +283,7 @@ fn plan_slot(
     }
     // Lateness is judged on the due instant (with spread), the one "never early" uses.
     let due_with_spread: Vec<Timestamp> = due.iter().map(|&t| add(t, slot.spread)).collect();
-    let decisions = catchup::decide(&job.policy.catchup, &due_with_spread, now, late_grace);
+    let decisions = catchup::decide(&job.catchup, &due_with_spread, now, late_grace);
     let (individual, folded) = catchup::fold_missed(&due_with_spread, &decisions);
     let individual: std::collections::HashMap<Timestamp, catchup::MissReason> =
         individual.into_iter().map(|m| (m.at, m.reason)).collect();
@@ -303,14 +325,11 @@ fn plan_slot(
     }
 }
 
-fn in_pause(job: &Job, at: Timestamp) -> bool {
-    match (job.paused_at, job.resumed_at) {
-        (Some(p), Some(r)) => p <= at && at < r,
-        _ => false,
-    }
+fn in_pause(job: &JobRef, at: Timestamp) -> bool {
+    job.pause.is_some_and(|(p, r)| p <= at && at < r)
 }
 
-fn new_run(job: &Job, at: Timestamp, spread: Duration, epoch: Epoch, now: Timestamp) -> Run {
+fn new_run(job: &JobRef, at: Timestamp, spread: Duration, epoch: Epoch, now: Timestamp) -> Run {
     Run::queued(
         firing_id(job.uid, at, Cause::Schedule),
         job.name.clone(),
@@ -368,7 +387,7 @@ mod tests {
     fn index(jobs: &[Job], cursor: Timestamp) -> Index {
         let mut ix = Index::default();
         for j in jobs {
-            ix.upsert(Arc::new(j.clone()), j.schedule.compile().unwrap(), cursor);
+            ix.upsert(j, j.schedule.compile().unwrap(), cursor);
         }
         ix
     }
@@ -417,7 +436,7 @@ mod tests {
         let mut ix = index(&[a.clone(), b.clone()], t(0));
         ix.remove(&a.uid);
         b.paused = true;
-        ix.upsert(Arc::new(b.clone()), b.schedule.compile().unwrap(), t(0));
+        ix.upsert(&b, b.schedule.compile().unwrap(), t(0));
         assert!(ix.is_empty());
         assert!(ix.take_due(t(100), t(100), GRACE, Epoch(1), 100).is_empty());
         assert_eq!(ix.next_due(), None);
