@@ -44,8 +44,9 @@ fn duration(d: Option<&prost_types::Duration>) -> Option<Duration> {
     ))
 }
 
-fn ms(d: Option<&prost_types::Duration>) -> Option<u64> {
-    duration(d).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+/// Milliseconds with microsecond precision: lateness is usually well under 1 ms.
+fn ms(d: Option<&prost_types::Duration>) -> Option<f64> {
+    duration(d).map(|d| (d.as_micros() as f64 / 1000.0 * 1000.0).round() / 1000.0)
 }
 
 /// `1h30m`, `30s`, `250ms`, `0s`: the inverse of the CLI's duration flags.
@@ -377,7 +378,7 @@ fn local_and_utc(t: Option<&pb::Time>) -> String {
 }
 
 fn lateness(d: Option<&prost_types::Duration>) -> String {
-    duration(d).map_or_else(|| "-".into(), |d| format!("{} ms", d.as_millis()))
+    duration(d).map_or_else(|| "-".into(), |d| format!("{:.3} ms", d.as_micros() as f64 / 1000.0))
 }
 
 fn run_rows(runs: &[pb::Run]) -> Vec<Vec<String>> {
