@@ -44,9 +44,13 @@ fn duration(d: Option<&prost_types::Duration>) -> Option<Duration> {
     ))
 }
 
+fn ms(d: Option<&prost_types::Duration>) -> Option<u64> {
+    duration(d).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Milliseconds with microsecond precision: lateness is usually well under 1 ms.
-fn ms(d: Option<&prost_types::Duration>) -> Option<f64> {
-    duration(d).map(|d| (d.as_micros() as f64 / 1000.0 * 1000.0).round() / 1000.0)
+fn ms_precise(d: Option<&prost_types::Duration>) -> Option<f64> {
+    duration(d).map(|d| d.as_micros() as f64 / 1000.0)
 }
 
 /// `1h30m`, `30s`, `250ms`, `0s`: the inverse of the CLI's duration flags.
@@ -249,7 +253,7 @@ fn attempt_json(a: &pb::Attempt) -> Value {
         "start_time_local": time_local(a.start_time.as_ref()),
         "end_time": time_utc(a.end_time.as_ref()),
         "end_time_local": time_local(a.end_time.as_ref()),
-        "lateness_ms": ms(a.lateness.as_ref()),
+        "lateness_ms": ms_precise(a.lateness.as_ref()),
         "summary": a.summary,
         "exit_code": a.exit_code,
         "http_status": a.http_status,
@@ -272,7 +276,7 @@ pub fn run_json(r: &pb::Run) -> Value {
         "epoch": r.epoch,
         "attempts": r.attempts.iter().map(attempt_json).collect::<Vec<_>>(),
         "next_attempt_time": time_utc(r.next_attempt_time.as_ref()),
-        "lateness_ms": ms(r.lateness.as_ref()),
+        "lateness_ms": ms_precise(r.lateness.as_ref()),
         "missed_count": r.missed_count,
         "missed_until": time_utc(r.missed_until.as_ref()),
         "create_time": utc(r.create_time.as_ref()),
