@@ -108,9 +108,10 @@ pub struct Claim {
     pub cursor: Option<Timestamp>,
 }
 
-/// The start of an attempt, as a worker asks for it.
+/// The start of an attempt, as a region supervisor asks for it.
 #[derive(Clone, Debug)]
 pub struct AttemptStart {
+    pub firing: FiringId,
     pub number: u32,
     pub epoch: Epoch,
     pub node: NodeId,
@@ -159,15 +160,30 @@ pub trait RunLog: Send + Sync + 'static {
     async fn cursors(&self) -> Result<Vec<(Uuid, Timestamp)>>;
     /// One job's progress cursor: the last scheduled instant handled.
     async fn cursor(&self, job_uid: Uuid) -> Result<Option<Timestamp>>;
-    /// Durably mark an attempt started; only then may it run. Exactly one caller wins
-    /// per (firing, attempt number).
-    async fn start_attempt(
+    /// Durably mark a batch of attempts started, in one commit; only then may they run.
+    /// Exactly one start wins per (firing, attempt number), also within one batch. The
+    /// answer holds one entry per start, in order: `Ok` (started, may run now) or why
+    /// it must not run. A run that no longer exists is refused as `JobDeleted`.
+    async fn start_attempts(
         &self,
-        firing: FiringId,
-        start: AttemptStart,
-    ) -> Result<std::result::Result<Run, Refusal>>;
-    /// Durably record an attempt's end.
+        starts: Vec<AttemptStart>,
+    ) -> Result<Vec<std::result::Result<(), Refusal>>>;
+    /// Durably record an attempt's end, and answer with the run as recorded.
+    ///
+    /// Rules for every end (also queued ones): the first end recorded for an attempt
+    /// stands; only the run's latest attempt sets the run's state, so a late end of an
+    /// earlier attempt fills in that attempt and nothing else; a terminal run keeps its
+    /// state.
     async fn finish_attempt(&self, firing: FiringId, end: AttemptEnd) -> Result<Run>;
+    /// Queue an attempt's end without waiting for it to be durable: it is applied after
+    /// every write this process queued before it and before every write it queues
+    /// after, and becomes durable with the next durable write (a start, a claim, a
+    /// `flush`) or soon after on its own. Lost in a crash before that, the attempt is
+    /// recorded `worker_lost` by recovery: an honest "outcome unknown". Waits only
+    /// while the log's bounded write queue is full.
+    async fn record_end(&self, firing: FiringId, end: AttemptEnd) -> Result<()>;
+    /// Wait until every write queued before this call is durable.
+    async fn flush(&self) -> Result<()>;
     /// End a non-terminal run without (another) attempt: skipped, cancelled, ...
     async fn end_run(&self, firing: FiringId, state: State, reason: String) -> Result<Run>;
     async fn get_run(&self, firing: FiringId) -> Result<Option<Run>>;
@@ -185,8 +201,9 @@ pub trait RunLog: Send + Sync + 'static {
 /// Leadership: who owns the schedule, and the fencing epoch of its term.
 #[async_trait]
 pub trait Election: Send + Sync + 'static {
-    /// Wait until this node owns the schedule; return the term.
-    async fn campaign(&self, node: &NodeId) -> Result<Term>;
+    /// Wait until this node owns `shard` of the schedule; return the term. Epochs are
+    /// strictly increasing per shard.
+    async fn campaign(&self, node: &NodeId, shard: u32) -> Result<Term>;
 }
 
 /// One owner term.
@@ -231,4 +248,44 @@ pub trait Executor: Send + Sync + 'static {
         attempt: &crate::exec::Attempt<'_>,
         cancel: CancellationToken,
     ) -> crate::exec::Outcome;
+}
+
+/// Durable progress cursors (per job: the last scheduled instant handled), written only
+/// by the owner of a shard and fenced by its epoch. Mesh mode keeps them apart from the
+/// run log (etcd); the embedded store keeps them in `RunLog`.
+#[async_trait]
+pub trait Cursors: Send + Sync + 'static {
+    /// Advance each job's cursor to at least its instant (never backwards). Refused with
+    /// `Fenced` when `epoch` is no longer the owner epoch of `shard`. A large batch may
+    /// be committed in several fenced parts, so a term ending midway can leave a prefix
+    /// applied: advance only after the claims the cursors cover are durable.
+    async fn advance(&self, epoch: Epoch, shard: u32, batch: Vec<(Uuid, Timestamp)>) -> Result<()>;
+    /// Every job's cursor.
+    async fn all(&self) -> Result<Vec<(Uuid, Timestamp)>>;
+    /// One job's cursor.
+    async fn get(&self, job_uid: Uuid) -> Result<Option<Timestamp>>;
+}
+
+/// One node's registration for one region it hosts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub node: NodeId,
+    pub region: RegionId,
+    /// The node's API endpoint (e.g. `http://10.0.0.5:7443`).
+    pub endpoint: String,
+}
+
+/// Which nodes are alive and which regions they host; a registration lives as long as
+/// its node keeps its lease.
+#[async_trait]
+pub trait Membership: Send + Sync + 'static {
+    /// Register `node` as hosting `regions`, reachable at `endpoint`, until it stops or
+    /// loses its lease. Calling again replaces the registration.
+    async fn join(&self, node: &NodeId, regions: &[RegionId], endpoint: &str) -> Result<()>;
+    /// Withdraw this node's registration now (graceful shutdown).
+    async fn leave(&self) -> Result<()>;
+    /// Regions with at least one live member, sorted.
+    async fn live_regions(&self) -> Result<Vec<RegionId>>;
+    /// Live members of `region`, sorted by node.
+    async fn members(&self, region: &RegionId) -> Result<Vec<Member>>;
 }

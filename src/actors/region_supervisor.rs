@@ -3,9 +3,13 @@
 //!
 //! Dispatches wait in a heap until their instant (a precise clock wake-up, so firings
 //! start on time however early they were claimed), pass the job's overlap policy, and
-//! go to an idle worker. Dispatches stamped with an epoch older than one already seen
-//! are refused. A worker that crashes is replaced and its attempt recorded
-//! `worker_lost` (then retried if the job's retry policy allows). Must not claim
+//! are started: as many as there are idle workers, marked started in the run log in one
+//! durable batch (one commit for all of them), each reserved for its worker meanwhile.
+//! Only the starts the log accepted go to their workers; refused ones never run.
+//! Dispatches stamped with an epoch older than one already seen are refused. A worker
+//! that crashes is replaced and its attempt recorded `worker_lost` (then retried if
+//! the job's retry policy allows). Retries and the overlap policy follow the next state
+//! a worker reports, without waiting for its end record to be durable. Must not claim
 //! firings or compute schedules.
 
 use std::cmp::Reverse;
@@ -27,7 +31,7 @@ use crate::core::ids::{Epoch, FiringId, RegionId};
 use crate::core::policy::overlap;
 use crate::core::policy::retry::{self, Failure};
 use crate::core::run::{AttemptStatus, State, Trigger};
-use crate::ports::{AttemptEnd, Dispatch, Refusal};
+use crate::ports::{AttemptEnd, AttemptStart, Dispatch, Refusal};
 
 /// Dispatches pulled from the queue per read.
 const PULL_BATCH_MAX: usize = 1_024;
@@ -45,7 +49,13 @@ pub enum RegionSupervisorMsg {
     Pulled(Vec<Dispatch>),
     /// The precise timer fired (sequence number).
     Wake(u64),
-    /// A worker finished (or was refused) an assignment.
+    /// The run log answered a batch of starts (one answer per start, in order; `Err`
+    /// if the whole batch failed).
+    Started {
+        batch: Vec<Reserved>,
+        answers: Result<Vec<Result<(), Refusal>>, String>,
+    },
+    /// A worker finished an assignment.
     AttemptDone {
         worker: ActorId,
         item: Box<Item>,
@@ -77,6 +87,16 @@ pub struct Status {
 pub struct RegionSupervisor;
 
 struct InFlight {
+    item: Box<Item>,
+    cancel: CancellationToken,
+    /// The start is durable and the worker has the item (false while the start is
+    /// being recorded).
+    running: bool,
+}
+
+/// An item whose start is being recorded, with the worker kept for it.
+pub struct Reserved {
+    worker: ActorRef<WorkerMsg>,
     item: Box<Item>,
     cancel: CancellationToken,
 }
@@ -190,12 +210,18 @@ impl Actor for RegionSupervisor {
                     state.wake(&myself).await;
                 }
             }
+            RegionSupervisorMsg::Started { batch, answers } => {
+                state.started(batch, answers).await;
+                state.wake(&myself).await;
+                state.check_drained();
+            }
             RegionSupervisorMsg::AttemptDone { worker, item, done } => {
                 if let Some((w, _)) = state.busy.remove(&worker) {
                     state.idle.push(w);
                 }
                 state.finished(*item, done).await;
-                // A retry may now be the earliest item: wake re-arms the timer.
+                // A retry may now be the earliest item: wake re-arms the timer (and
+                // starts what is ready on the freed worker).
                 state.wake(&myself).await;
                 state.check_drained();
             }
@@ -241,7 +267,9 @@ impl Actor for RegionSupervisor {
             .await?;
             state.idle.push(w);
         }
-        if let Some((_, inflight)) = lost {
+        // A worker reserved for a start being recorded had no attempt yet: the answer
+        // (`Started`) finds it gone and settles its item.
+        if let Some((_, inflight)) = lost.filter(|(_, f)| f.running) {
             state.stats.workers_lost += 1;
             error!(region = %state.region, firing = %inflight.item.dispatch.run.firing, reason = %why, "worker died mid-attempt");
             state.worker_lost(*inflight.item, &why).await;
@@ -329,7 +357,7 @@ impl RegionState {
             let item = self.items.remove(&seq).expect("waiting items are stored");
             self.due(item).await;
         }
-        self.assign();
+        self.assign(myself);
         if let Some(&Reverse((at, _))) = self.waiting.peek()
             && self.timer_at != Some(at)
         {
@@ -440,20 +468,33 @@ impl RegionState {
         self.held.fetch_sub(n, Ordering::Relaxed);
     }
 
-    /// Hand ready items to idle workers.
-    fn assign(&mut self) {
-        if self.draining {
+    /// Start ready items, as many as there are idle workers: reserve a worker for each
+    /// and record all their starts in one batch; `Started` hands them out.
+    fn assign(&mut self, myself: &ActorRef<RegionSupervisorMsg>) {
+        if self.draining || self.idle.is_empty() || self.ready.is_empty() {
             return;
         }
-        while !self.idle.is_empty() {
-            let Some(item) = self.ready.pop_front() else {
-                break;
-            };
-            let worker = self.idle.pop().expect("checked non-empty");
+        let now = self.deps.clock.now();
+        let n = self.idle.len().min(self.ready.len());
+        let mut batch = Vec::with_capacity(n);
+        let mut starts = Vec::with_capacity(n);
+        for item in self.ready.drain(..n).collect::<Vec<_>>() {
+            if item.start_at > now {
+                // Never early, even if the clock stepped back since the item was due.
+                self.push_waiting(item);
+                continue;
+            }
+            let worker = self.idle.pop().expect("at most as many as idle workers");
             let cancel = CancellationToken::new();
-            let item = Box::new(item);
             self.release(1);
-            self.stats.started += 1;
+            starts.push(AttemptStart {
+                firing: item.dispatch.run.firing,
+                number: item.attempt,
+                epoch: item.dispatch.epoch,
+                node: self.deps.node.clone(),
+                started_at: now,
+                lateness_us: (now - item.start_at).num_microseconds().unwrap_or(i64::MAX),
+            });
             let inflight = InFlight {
                 item: Box::new(Item {
                     dispatch: item.dispatch.clone(),
@@ -461,14 +502,80 @@ impl RegionState {
                     start_at: item.start_at,
                 }),
                 cancel: cancel.clone(),
+                running: false,
             };
-            if worker.cast(WorkerMsg::Run(item, cancel)).is_err() {
-                // The worker is gone; its supervision event will replace it. The item
-                // is lost to this pass but not to the run log: recovery re-dispatches.
-                error!(region = %self.region, "worker mailbox closed");
-                continue;
+            self.busy
+                .insert(worker.get_id(), (worker.clone(), inflight));
+            batch.push(Reserved {
+                worker,
+                item: Box::new(item),
+                cancel,
+            });
+        }
+        if batch.is_empty() {
+            return;
+        }
+        // Recorded off the mailbox: timers and finished attempts go on meanwhile, and
+        // the next batch joins the same group commit if it is quick enough.
+        let runs = self.deps.runs.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let answers = runs.start_attempts(starts).await.map_err(|e| e.to_string());
+            let _ = me.cast(RegionSupervisorMsg::Started { batch, answers });
+        });
+    }
+
+    /// The run log answered a batch of starts: hand the started attempts to their
+    /// workers, settle the refused ones.
+    async fn started(
+        &mut self,
+        batch: Vec<Reserved>,
+        answers: Result<Vec<Result<(), Refusal>>, String>,
+    ) {
+        let answers: Vec<Result<(), Done>> = match answers {
+            Ok(a) if a.len() == batch.len() => {
+                a.into_iter().map(|r| r.map_err(Done::Refused)).collect()
             }
-            self.busy.insert(worker.get_id(), (worker, inflight));
+            Ok(a) => {
+                let e = format!("{} answers to {} starts", a.len(), batch.len());
+                batch.iter().map(|_| Err(Done::Error(e.clone()))).collect()
+            }
+            Err(e) => {
+                warn!(region = %self.region, error = %e, starts = batch.len(), "recording starts failed");
+                batch.iter().map(|_| Err(Done::Error(e.clone()))).collect()
+            }
+        };
+        for (r, answer) in batch.into_iter().zip(answers) {
+            let id = r.worker.get_id();
+            let reserved = self.busy.get(&id).is_some_and(|(_, f)| {
+                !f.running && f.item.dispatch.run.firing == r.item.dispatch.run.firing
+            });
+            match answer {
+                Ok(()) if reserved => {
+                    self.stats.started += 1;
+                    if let Some((_, f)) = self.busy.get_mut(&id) {
+                        f.running = true;
+                    }
+                    if r.worker.cast(WorkerMsg::Run(r.item, r.cancel)).is_err() {
+                        // The worker is gone: its supervision event records the attempt
+                        // lost (it is marked running).
+                        error!(region = %self.region, "worker mailbox closed");
+                    }
+                }
+                Ok(()) => {
+                    // Started, but its worker died meanwhile: nobody runs it.
+                    self.stats.started += 1;
+                    self.stats.workers_lost += 1;
+                    self.worker_lost(*r.item, "the worker stopped before the attempt began")
+                        .await;
+                }
+                Err(done) => {
+                    if reserved && let Some((w, _)) = self.busy.remove(&id) {
+                        self.idle.push(w);
+                    }
+                    self.finished(*r.item, done).await;
+                }
+            }
         }
     }
 
@@ -478,25 +585,36 @@ impl RegionState {
         let policy = d.job.policy.overlap;
         // The overlap policy counts runs: a run waiting for its retry still holds its
         // place.
-        let run_over = !matches!(&done, Done::Finished(run) if run.state == State::RetryWait);
+        let run_over = !matches!(
+            &done,
+            Done::Ended {
+                state: State::RetryWait,
+                ..
+            }
+        );
         match done {
-            Done::Finished(run) => {
-                match run.state {
+            Done::Ended {
+                state,
+                next_attempt_at,
+            } => {
+                match state {
                     State::Succeeded => self.stats.succeeded += 1,
                     State::RetryWait => {}
                     _ => self.stats.failed += 1,
                 }
-                if run.state == State::RetryWait {
-                    let start_at = run.next_start_at();
-                    let attempt = run.next_attempt_number();
+                if state == State::RetryWait {
+                    let start_at = next_attempt_at.unwrap_or(self.deps.clock.now());
+                    let mut run = d.run.clone();
+                    run.state = state;
+                    run.next_attempt_at = next_attempt_at;
                     self.held.fetch_add(1, Ordering::Relaxed);
                     self.push_waiting(Item {
                         dispatch: Dispatch {
-                            run: *run,
+                            run,
                             job: d.job.clone(),
                             epoch: d.epoch,
                         },
-                        attempt,
+                        attempt: item.attempt + 1,
                         start_at,
                     });
                 }
@@ -556,7 +674,13 @@ impl RegionState {
             next_attempt_at,
         };
         match self.deps.runs.finish_attempt(firing, end).await {
-            Ok(run) => self.finished(item, Done::Finished(Box::new(run))).await,
+            Ok(run) => {
+                let done = Done::Ended {
+                    state: run.state,
+                    next_attempt_at: run.next_attempt_at,
+                };
+                self.finished(item, done).await
+            }
             // The worker died before the start was recorded: the attempt never ran, and
             // the run is still queued under the same attempt number: hand it out again.
             Err(crate::ports::Error::Conflict(_)) => {
@@ -605,11 +729,19 @@ impl RegionState {
         self.check_drained();
     }
 
+    /// Once draining and nothing runs: answer after every queued end record is durable.
     fn check_drained(&mut self) {
         if self.busy.is_empty()
             && let Some(reply) = self.drained.take()
         {
-            let _ = reply.send(());
+            let runs = self.deps.runs.clone();
+            let region = self.region.clone();
+            tokio::spawn(async move {
+                if let Err(e) = runs.flush().await {
+                    warn!(region = %region, error = %e, "flushing the run log failed");
+                }
+                let _ = reply.send(());
+            });
         }
     }
 }

@@ -106,7 +106,7 @@ impl Actor for ScheduleOwner {
         myself: ActorRef<Self::Msg>,
         deps: Arc<Deps>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let term = deps.election.campaign(&deps.node).await?;
+        let term = deps.election.campaign(&deps.node, 0).await?;
         info!(node = %deps.node, epoch = %term.epoch, "schedule owner term started");
         // Subscribe before loading, so no change between the load and the watch is lost
         // (upserts are idempotent).

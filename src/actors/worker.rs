@@ -1,10 +1,12 @@
 //! `Worker`: runs one attempt at a time for its region supervisor.
 //!
-//! For each assignment it waits for the attempt's instant if it is early (never early),
-//! marks the attempt started durably (only then does anything run: a redelivered or
-//! recovered attempt can never run twice), runs the action through the executor,
-//! decides success, retry or dead letter with the core's retry policy, records the
-//! end, and reports back. Must not pick what to run next (its supervisor does).
+//! It is handed only attempts whose start its supervisor has already recorded durably
+//! (so a redelivered or recovered attempt can never run twice). For each, it waits for
+//! the attempt's instant if the clock says it is early (never early), runs the action
+//! through the executor, decides success, retry or dead letter with the core's retry
+//! policy, queues the end record (without waiting for it to be durable: losing it in a
+//! crash makes recovery record `worker_lost`), and reports the run's next state back.
+//! Must not start attempts nor pick what to run next (its supervisor does).
 
 use std::sync::Arc;
 
@@ -17,22 +19,27 @@ use super::region_supervisor::{Item, RegionSupervisorMsg};
 use super::schedule_owner::next_after_failure;
 use crate::core::Timestamp;
 use crate::core::policy::retry::{self, Failure};
-use crate::core::run::{AttemptStatus, Run, State};
+use crate::core::run::{AttemptStatus, State};
 use crate::exec::{self, Status as ExecStatus};
-use crate::ports::{AttemptEnd, AttemptStart, Refusal};
+use crate::ports::{AttemptEnd, Refusal};
 
 pub enum WorkerMsg {
+    /// Run an attempt whose start is durably recorded.
     Run(Box<Item>, CancellationToken),
 }
 
-/// How an assignment ended, as the worker reports it.
+/// How an assignment ended.
 #[derive(Debug)]
 pub enum Done {
-    /// The attempt ran; the run as recorded after it.
-    Finished(Box<Run>),
-    /// The store refused the start: the attempt did not run.
+    /// The attempt ran (or was recorded lost); the run's next state as decided, whether
+    /// or not its record is durable yet.
+    Ended {
+        state: State,
+        next_attempt_at: Option<Timestamp>,
+    },
+    /// The run log refused the start: the attempt did not run.
     Refused(Refusal),
-    /// A store error: the attempt may not have been recorded (recovery will see it).
+    /// A run log error: the attempt may not have been recorded (recovery will see it).
     Error(String),
 }
 
@@ -96,21 +103,8 @@ async fn run_attempt(deps: &Deps, item: &Item, cancel: CancellationToken) -> Don
         started_at = clock.now();
     }
     let d = &item.dispatch;
-    let start = AttemptStart {
-        number: item.attempt,
-        epoch: d.epoch,
-        node: deps.node.clone(),
-        started_at,
-        lateness_us: lateness_us(started_at, item.start_at),
-    };
-    match deps.runs.start_attempt(d.run.firing, start).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(refusal)) => return Done::Refused(refusal),
-        Err(e) => return Done::Error(e.to_string()),
-    }
-    let exec_at = clock.now();
     if let Some(probe) = &deps.probe {
-        probe.record(lateness_us(exec_at, item.start_at));
+        probe.record(lateness_us(started_at, item.start_at));
     }
     let firing = d.run.firing.to_string();
     let job = d.job.name.to_string();
@@ -164,8 +158,13 @@ async fn run_attempt(deps: &Deps, item: &Item, cancel: CancellationToken) -> Don
         next_state,
         next_attempt_at,
     };
-    match deps.runs.finish_attempt(d.run.firing, end).await {
-        Ok(run) => Done::Finished(Box::new(run)),
+    // Queued before the report goes back, so it is applied before any later start of
+    // this run (the run log keeps this process's writes in order).
+    match deps.runs.record_end(d.run.firing, end).await {
+        Ok(()) => Done::Ended {
+            state: next_state,
+            next_attempt_at,
+        },
         Err(e) => {
             warn!(error = %e, "recording the attempt's end failed");
             Done::Error(e.to_string())

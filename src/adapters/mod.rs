@@ -5,6 +5,8 @@
 
 pub mod clock;
 pub mod embedded;
+pub mod etcd;
+pub mod redis;
 
 /// The production executors behind the `Executor` port.
 #[async_trait::async_trait]

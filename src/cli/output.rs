@@ -382,7 +382,10 @@ fn local_and_utc(t: Option<&pb::Time>) -> String {
 }
 
 fn lateness(d: Option<&prost_types::Duration>) -> String {
-    duration(d).map_or_else(|| "-".into(), |d| format!("{:.3} ms", d.as_micros() as f64 / 1000.0))
+    duration(d).map_or_else(
+        || "-".into(),
+        |d| format!("{:.3} ms", d.as_micros() as f64 / 1000.0),
+    )
 }
 
 fn run_rows(runs: &[pb::Run]) -> Vec<Vec<String>> {

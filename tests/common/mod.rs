@@ -2,6 +2,9 @@
 //! a free loopback port with a data dir, learn its address, stop it by PID.
 #![allow(dead_code, clippy::disallowed_methods)] // tests may read the real clock
 
+pub mod etcd;
+pub mod redis;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

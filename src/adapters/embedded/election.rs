@@ -21,7 +21,7 @@ impl LocalElection {
 
 #[async_trait]
 impl Election for LocalElection {
-    async fn campaign(&self, _node: &NodeId) -> Result<Term> {
+    async fn campaign(&self, _node: &NodeId, _shard: u32) -> Result<Term> {
         let epoch = self.store.bump_epoch().await?;
         Ok(Term {
             epoch,
