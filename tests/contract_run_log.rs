@@ -4,10 +4,7 @@
 //! one start per attempt, first end stands, only the latest attempt sets the state,
 //! terminal runs never change, retention, listing order and pages, the unfinished
 //! index, max-only cursors); it must not reach into an adapter.
-//!
-//! Where an adapter is known to differ from the port's documented rule, its fixture says
-//! so (`Fixture::claims_raise_fence`), and the assertion that depends on it is marked
-//! `KNOWN GAP`.
+
 #![allow(clippy::disallowed_methods)] // tests may read the real clock
 
 mod common;
@@ -69,9 +66,6 @@ struct Fixture {
     /// Jobs the log knows (the embedded store checks its catalog at start): [0] start
     /// and end rules, [1] retention, [2] listing, [3] cursors.
     jobs: [Job; 4],
-    /// Whether a claim with a newer epoch raises the fence for later claims, as the
-    /// port documents ("older than the newest epoch the log has seen").
-    claims_raise_fence: bool,
 }
 
 fn queued(j: &Job, scheduled: Timestamp, epoch: Epoch) -> Run {
@@ -202,17 +196,10 @@ async fn run_log_contract(log: &dyn RunLog, fx: &Fixture) {
     claimed.push(d.clone());
     let late = queued(j, t(360), e);
     let res = log.claim(e, vec![claim(&late)]).await;
-    if fx.claims_raise_fence {
-        assert!(
-            matches!(res, Err(Error::Fenced { current, .. }) if current == e2),
-            "a claim older than a claim already seen is fenced, got {res:?}"
-        );
-    } else {
-        // KNOWN GAP (embedded store): a claim never records its epoch; only
-        // `bump_epoch` raises the fence, so this stale claim is accepted.
-        assert!(res.is_ok(), "embedded store: {res:?}");
-        claimed.push(late.clone());
-    }
+    assert!(
+        matches!(res, Err(Error::Fenced { current, .. }) if current == e2),
+        "a claim older than a claim already seen is fenced, got {res:?}"
+    );
 
     // --- Cursors only move forward. ----------------------------------------------------
     let cur = |at: i64| {
@@ -632,10 +619,7 @@ async fn embedded_fixture(dir: &std::path::Path) -> (Store, Fixture) {
     for j in &jobs {
         store.create_job(j.clone(), None).await.expect("create job");
     }
-    let fx = Fixture {
-        jobs,
-        claims_raise_fence: false,
-    };
+    let fx = Fixture { jobs };
     (store, fx)
 }
 
@@ -669,7 +653,6 @@ async fn redis_run_log_keeps_the_run_log_contract() {
                 job("listing"),
                 job("cursors"),
             ],
-            claims_raise_fence: true,
         };
         run_log_contract(&log, &fx).await;
     })

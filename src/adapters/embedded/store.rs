@@ -964,6 +964,10 @@ fn claim(
             current,
         });
     }
+    if epoch > current {
+        // A claim raises the fence: from now on, claims from older epochs are refused.
+        tx.meta.insert("epoch", epoch.0).map_err(storage)?;
+    }
     let mut out = Vec::with_capacity(claims.len());
     for c in claims {
         let uid = c.run.job_uid;
