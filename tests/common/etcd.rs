@@ -4,11 +4,11 @@
 //! and must not assume an etcd service is running on the machine.
 #![allow(dead_code, clippy::disallowed_methods)] // tests may read the real clock
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::process::{self, free_port};
 
 /// How long `start`/`restart` wait for etcd to answer its health check.
 const READY_WITHIN_MAX: Duration = Duration::from_secs(15);
@@ -21,15 +21,6 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
-}
-
-/// A loopback port free right now (bound to port 0, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local addr")
-        .port()
 }
 
 impl Etcd {
@@ -103,52 +94,16 @@ impl Etcd {
 
     /// Wait until `/health` answers true; on failure, the log tail.
     fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + READY_WITHIN_MAX;
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                return Err(format!("exited with {status}: {}", self.log_tail()));
-            }
-            if self.healthy() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "not healthy within {READY_WITHIN_MAX:?}: {}",
-                    self.log_tail()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect_timeout(
-            &([127, 0, 0, 1], self.client_port).into(),
-            Duration::from_millis(200),
-        ) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .is_err()
-        {
-            return false;
-        }
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        body.contains("\"health\":\"true\"")
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let mut start = text.len().saturating_sub(2000);
-        while !text.is_char_boundary(start) {
-            start += 1;
-        }
-        text[start..].to_string()
+        let port = self.client_port;
+        let log = self.log_path();
+        process::wait_ready(&mut self.child, READY_WITHIN_MAX, &log, || {
+            process::probe(
+                port,
+                b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n",
+                Duration::from_secs(1),
+            )
+            .is_some_and(|body| String::from_utf8_lossy(&body).contains("\"health\":\"true\""))
+        })
     }
 
     /// The client URL, e.g. `http://127.0.0.1:23791`.
@@ -184,10 +139,7 @@ impl Etcd {
 
     /// SIGKILL: etcd gets no chance to clean up.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-            let _ = child.wait();
-        }
+        process::kill9(&mut self.child);
     }
 
     /// SIGSTOP: etcd stops answering but keeps its sockets open (a silent partition).
@@ -220,16 +172,7 @@ impl Drop for Etcd {
     }
 }
 
-/// `etcd` from PATH, or Debian's `/usr/bin/etcd`.
+/// `etcd` from `$MERIDIAN_TEST_ETCD`, PATH, or Debian's `/usr/bin/etcd`.
 fn etcd_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("MERIDIAN_TEST_ETCD") {
-        return PathBuf::from(p);
-    }
-    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-        let p = dir.join("etcd");
-        if p.is_file() {
-            return p;
-        }
-    }
-    PathBuf::from("/usr/bin/etcd")
+    process::binary("MERIDIAN_TEST_ETCD", "etcd")
 }

@@ -6,11 +6,11 @@
 //! must not assume a Redis service is running on the machine.
 #![allow(dead_code, clippy::disallowed_methods)] // tests may read the real clock
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::process::{self, free_port};
 
 /// How long `start`/`restart` wait for Redis to answer PING.
 const READY_WITHIN_MAX: Duration = Duration::from_secs(15);
@@ -22,15 +22,6 @@ pub struct Redis {
     child: Option<Child>,
     dir: tempfile::TempDir,
     port: u16,
-}
-
-/// A loopback port free right now (bound to port 0, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local addr")
-        .port()
 }
 
 impl Redis {
@@ -82,49 +73,12 @@ impl Redis {
 
     /// Wait until PING answers PONG (not `LOADING`); on failure, the log tail.
     fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + READY_WITHIN_MAX;
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                return Err(format!("exited with {status}: {}", self.log_tail()));
-            }
-            if self.pong() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "no PONG within {READY_WITHIN_MAX:?}: {}",
-                    self.log_tail()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pong(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect_timeout(
-            &([127, 0, 0, 1], self.port).into(),
-            Duration::from_millis(200),
-        ) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        if s.write_all(b"PING\r\n").is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 64];
-        matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let mut start = text.len().saturating_sub(2000);
-        while !text.is_char_boundary(start) {
-            start += 1;
-        }
-        text[start..].to_string()
+        let port = self.port;
+        let log = self.log_path();
+        process::wait_ready(&mut self.child, READY_WITHIN_MAX, &log, || {
+            process::probe(port, b"PING\r\nQUIT\r\n", Duration::from_millis(500))
+                .is_some_and(|reply| reply.starts_with(b"+PONG"))
+        })
     }
 
     /// `redis://127.0.0.1:{port}/`.
@@ -147,10 +101,7 @@ impl Redis {
 
     /// SIGKILL: Redis gets no chance to write anything more.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-            let _ = child.wait();
-        }
+        process::kill9(&mut self.child);
     }
 
     /// Start again with the same dir and port (SIGKILL first if still running): the
@@ -172,14 +123,5 @@ impl Drop for Redis {
 
 /// `redis-server` from `$MERIDIAN_TEST_REDIS`, PATH, or Debian's `/usr/bin/redis-server`.
 fn redis_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("MERIDIAN_TEST_REDIS") {
-        return PathBuf::from(p);
-    }
-    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-        let p = dir.join("redis-server");
-        if p.is_file() {
-            return p;
-        }
-    }
-    PathBuf::from("/usr/bin/redis-server")
+    process::binary("MERIDIAN_TEST_REDIS", "redis-server")
 }
