@@ -6,8 +6,9 @@
 
 mod common;
 
+use common::retry;
+
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use meridian::core::job::Job;
 use meridian::core::policy::Policies;
 use meridian::core::run::{Run, Trigger};
 use meridian::core::schedule::{Kind, ScheduleSpec};
-use meridian::ports::{Dispatch, DispatchQueue, Error};
+use meridian::ports::{Dispatch, DispatchQueue};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -28,9 +29,6 @@ use common::redis::Redis;
 
 /// Every test finishes within this.
 const TEST_WITHIN: Duration = Duration::from_secs(30);
-/// How long a caller retries a retryable error before the test fails.
-const RETRY_WITHIN: Duration = Duration::from_secs(15);
-
 fn t(s: i64) -> Timestamp {
     chrono::Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap() + chrono::Duration::seconds(s)
 }
@@ -99,24 +97,6 @@ fn queue(redis: &Redis, o: QueueOptions) -> Queue {
     let mut c = Config::new(redis.url(), "q");
     c.request_timeout = Duration::from_secs(2);
     Queue::open(&c, o).expect("open queue")
-}
-
-/// Call `f` until it succeeds, retrying retryable errors for up to `RETRY_WITHIN`.
-async fn retry<T, F, Fut>(mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, Error>>,
-{
-    let deadline = Instant::now() + RETRY_WITHIN;
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) if e.retryable() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("gave up: {e}"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

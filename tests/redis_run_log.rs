@@ -7,9 +7,10 @@
 
 mod common;
 
+use common::retry;
+
 use std::collections::HashMap;
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::TimeZone;
 use meridian::adapters::redis::{Config, RunLog as RedisRunLog, RunLogOptions};
@@ -23,9 +24,6 @@ use common::redis::Redis;
 
 /// Every test finishes within this.
 const TEST_WITHIN: Duration = Duration::from_secs(30);
-/// How long a caller retries a retryable error before the test fails.
-const RETRY_WITHIN: Duration = Duration::from_secs(15);
-
 fn t(s: i64) -> Timestamp {
     chrono::Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap() + chrono::Duration::seconds(s)
 }
@@ -76,24 +74,6 @@ fn success(number: u32) -> AttemptEnd {
         output_tail: String::new(),
         next_state: State::Succeeded,
         next_attempt_at: None,
-    }
-}
-
-/// Call `f` until it succeeds, retrying retryable errors for up to `RETRY_WITHIN`.
-async fn retry<T, F, Fut>(mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, Error>>,
-{
-    let deadline = Instant::now() + RETRY_WITHIN;
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) if e.retryable() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("gave up: {e}"),
-        }
     }
 }
 

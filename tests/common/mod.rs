@@ -118,3 +118,24 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// How long `retry` keeps retrying retryable port errors (a server restarting).
+pub const RETRY_WITHIN: Duration = Duration::from_secs(15);
+
+/// Call `f` until it succeeds, retrying retryable port errors for up to `RETRY_WITHIN`.
+pub async fn retry<T, F, Fut>(mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, meridian::ports::Error>>,
+{
+    let deadline = Instant::now() + RETRY_WITHIN;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if e.retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("gave up: {e}"),
+        }
+    }
+}
