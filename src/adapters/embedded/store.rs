@@ -4,11 +4,11 @@
 //! through one writer thread that applies a whole batch of queued operations in one
 //! transaction and commits it durably once (group commit), then answers each caller.
 //! So a claim, a batch of attempt starts or a result is durable before its caller goes
-//! on, at the cost of one fsync per batch, not per operation. The one exception is a
-//! queued attempt end (`record_end`): a batch of nothing but those commits without an
-//! fsync, and becomes durable with the next durable commit (redb commits in order),
-//! at the latest after `NONDURABLE_COMMITS_MAX` such commits or `NONDURABLE_IDLE_MAX`
-//! without other writes.
+//! on, at the cost of one fsync per batch, not per operation. A queued attempt end
+//! (`record_end`) is committed the same way; only its caller does not wait for it.
+//! (Committing batches of queued ends without an fsync was tried: it raised herd
+//! throughput by about 30 % but made steady-state p99 lateness at 1,000 firings/s
+//! 50 times worse, 109 ms against 2.3 ms, from the periodic catch-up commits.)
 //!
 //! Runs are keyed by (due instant, claim sequence number), so the runs of firings due
 //! together (claimed, started and ended together, in about claim order) share B-tree
@@ -58,13 +58,6 @@ const RUN_KEYS: TableDefinition<u128, &RunKey> = TableDefinition::new("run_keys"
 const UNFINISHED: TableDefinition<&RunKey, ()> = TableDefinition::new("unfinished");
 /// "epoch" -> newest epoch handed out or seen
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-
-/// Commits without an fsync (batches of queued attempt ends only) in a row; the next
-/// commit is durable.
-const NONDURABLE_COMMITS_MAX: u32 = 64;
-/// How long the writer waits for more work after a commit without an fsync before it
-/// makes everything durable on its own.
-const NONDURABLE_IDLE_MAX: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// A progress entry's cursor when the job has runs but no cursor (not expected: jobs
 /// get one when stored).
@@ -120,13 +113,6 @@ enum Op {
     EndRun(FiringId, State, String, Reply<Run>),
     BumpEpoch(Reply<Epoch>),
     Flush(Reply<()>),
-}
-
-impl Op {
-    /// Whether the caller waits for this operation to be durable.
-    fn durable(&self) -> bool {
-        !matches!(self, Op::Finish(_, _, None))
-    }
 }
 
 /// The embedded store. Cheap to clone.
@@ -609,37 +595,8 @@ impl<'t> Tx<'t> {
 
 impl Writer {
     fn run(self, mut rx: mpsc::Receiver<Op>) {
-        // A small runtime of its own, only to wait for the queue with a time limit.
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                error!(error = %e, "store writer cannot start");
-                return;
-            }
-        };
         let mut batch = Vec::with_capacity(self.options.write_batch_max);
-        // Commits made without an fsync since the last durable one.
-        let mut nondurable = 0u32;
-        loop {
-            let first = if nondurable == 0 {
-                rt.block_on(rx.recv())
-            } else {
-                let next = rt
-                    .block_on(async { tokio::time::timeout(NONDURABLE_IDLE_MAX, rx.recv()).await });
-                match next {
-                    Ok(op) => op,
-                    Err(_) => {
-                        // Idle: make the queued ends durable on their own.
-                        self.sync();
-                        nondurable = 0;
-                        continue;
-                    }
-                }
-            };
-            let Some(op) = first else { break };
+        while let Some(op) = rx.blocking_recv() {
             batch.push(op);
             while batch.len() < self.options.write_batch_max {
                 match rx.try_recv() {
@@ -647,40 +604,19 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let durable = nondurable >= NONDURABLE_COMMITS_MAX || batch.iter().any(Op::durable);
-            let done = self.apply(&mut batch, durable);
-            nondurable = if durable { 0 } else { nondurable + 1 };
+            let done = self.apply(&mut batch);
             for d in done {
                 d.send(&self.events);
             }
         }
-        if nondurable > 0 {
-            self.sync();
-        }
         info!("store writer stopped");
     }
 
-    /// An empty durable commit: everything committed before is durable after it.
-    fn sync(&self) {
-        let res = self.db.begin_write().map_err(storage).and_then(|mut w| {
-            w.set_durability(Durability::Immediate).map_err(storage)?;
-            w.commit().map_err(storage)
-        });
-        if let Err(e) = res {
-            error!(error = %e, "store sync failed");
-        }
-    }
-
-    fn apply(&self, batch: &mut Vec<Op>, durable: bool) -> Vec<Done> {
+    fn apply(&self, batch: &mut Vec<Op>) -> Vec<Done> {
         let mut done = Vec::with_capacity(batch.len());
         let result = (|| -> Result<redb::WriteTransaction> {
             let mut wtx = self.db.begin_write().map_err(storage)?;
-            wtx.set_durability(if durable {
-                Durability::Immediate
-            } else {
-                Durability::None
-            })
-            .map_err(storage)?;
+            wtx.set_durability(Durability::Immediate).map_err(storage)?;
             {
                 let mut tx = Tx::open(&wtx)?;
                 for op in batch.drain(..) {
