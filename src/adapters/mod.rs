@@ -6,6 +6,7 @@
 pub mod clock;
 pub mod embedded;
 pub mod etcd;
+pub mod instant;
 pub mod redis;
 
 /// The production executors behind the `Executor` port.

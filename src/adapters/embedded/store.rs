@@ -30,6 +30,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
+use crate::adapters::instant::saturating_ns as ns;
 use crate::core::Timestamp;
 use crate::core::ids::{Epoch, FiringId, JobName};
 use crate::core::job::Job;
@@ -140,19 +141,9 @@ fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T> {
     serde_json::from_slice(b).map_err(storage)
 }
 
-/// Nanoseconds since the epoch, saturating outside 1677..2262 (only range bounds go
-/// there: schedules are bounded to years the nanosecond range holds).
-fn ns(t: Timestamp) -> i64 {
-    t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
-        i64::MIN
-    } else {
-        i64::MAX
-    })
-}
-
 /// Order-preserving bytes of a signed instant.
 fn ns_key(t: Timestamp) -> [u8; 8] {
-    ((ns(t) as u64) ^ (1 << 63)).to_be_bytes()
+    crate::adapters::instant::biased_ns(t).to_be_bytes()
 }
 
 fn name_key(n: &JobName) -> String {

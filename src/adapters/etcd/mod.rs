@@ -276,26 +276,14 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// An instant as 16 hex digits whose byte order is time order (nanoseconds since the
-/// epoch with the sign bit flipped), so etcd can range over and compare them. Saturates
-/// outside 1677..2262, as the embedded store does (only range bounds go there).
-pub(crate) fn sortable_ns(t: Timestamp) -> String {
-    let ns = t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
-        i64::MIN
-    } else {
-        i64::MAX
-    });
-    format!("{:016x}", (ns as u64) ^ (1 << 63))
-}
+/// An instant as 16 hex digits whose byte order is time order, so etcd can range over
+/// and compare them (the one encoding every adapter uses).
+pub(crate) use super::instant::sortable_hex as sortable_ns;
 
 /// The inverse of `sortable_ns`.
 pub(crate) fn parse_sortable_ns(s: &[u8]) -> Result<Timestamp> {
-    let bad = || Error::Storage(format!("bad instant {:?}", String::from_utf8_lossy(s)));
-    let text = std::str::from_utf8(s).map_err(|_| bad())?;
-    let raw = u64::from_str_radix(text, 16).map_err(|_| bad())?;
-    Ok(chrono::DateTime::from_timestamp_nanos(
-        (raw ^ (1 << 63)) as i64,
-    ))
+    super::instant::parse_sortable_hex(s)
+        .ok_or_else(|| Error::Storage(format!("bad instant {:?}", String::from_utf8_lossy(s))))
 }
 
 /// The fencing condition of one owner term: the owner's election key and the create

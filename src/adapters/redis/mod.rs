@@ -34,6 +34,7 @@
 mod queue;
 mod run_log;
 
+use super::instant::{biased_ns, from_biased_ns};
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
@@ -217,12 +218,9 @@ pub(crate) fn map_err(what: &str, e: redis::RedisError) -> Error {
     }
 }
 
-/// An instant as 16 hex digits whose byte order is time order (nanoseconds since the
-/// epoch with the sign bit flipped), for zset members ordered with `ZRANGEBYLEX`.
-/// Saturates outside 1677..2262, as the embedded store does.
-pub(crate) fn sortable_hex(t: Timestamp) -> String {
-    format!("{:016x}", biased_ns(t))
-}
+/// An instant as 16 hex digits whose byte order is time order, for zset members ordered
+/// with `ZRANGEBYLEX` (the one encoding every adapter uses).
+pub(crate) use super::instant::sortable_hex;
 
 /// An instant as 20 decimal digits whose string order is time order, for values Lua
 /// compares (`instant20`).
@@ -235,9 +233,7 @@ pub(crate) fn parse_instant20(s: &str) -> Result<Timestamp> {
     let raw: u64 = s
         .parse()
         .map_err(|_| Error::Storage(format!("bad instant {s:?}")))?;
-    Ok(chrono::DateTime::from_timestamp_nanos(
-        (raw ^ (1 << 63)) as i64,
-    ))
+    Ok(from_biased_ns(raw))
 }
 
 /// An epoch as 20 decimal digits (`epoch20`), so Lua compares it exactly.
@@ -250,15 +246,6 @@ pub(crate) fn parse_epoch20(s: &str) -> Result<Epoch> {
     s.parse()
         .map(Epoch)
         .map_err(|_| Error::Storage(format!("bad epoch {s:?}")))
-}
-
-fn biased_ns(t: Timestamp) -> u64 {
-    let ns = t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
-        i64::MIN
-    } else {
-        i64::MAX
-    });
-    (ns as u64) ^ (1 << 63)
 }
 
 #[cfg(test)]
