@@ -119,6 +119,25 @@ pub struct AttemptStart {
     pub lateness_us: i64,
 }
 
+impl AttemptStart {
+    /// The attempt record this start creates (not yet ended).
+    pub fn attempt(&self) -> crate::core::run::Attempt {
+        crate::core::run::Attempt {
+            number: self.number,
+            epoch: self.epoch,
+            node: self.node.clone(),
+            started_at: self.started_at,
+            lateness_us: self.lateness_us,
+            finished_at: None,
+            status: None,
+            summary: String::new(),
+            exit_code: None,
+            http_status: None,
+            output_tail: String::new(),
+        }
+    }
+}
+
 /// Why a start was refused: the attempt must not run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {

@@ -34,7 +34,7 @@ use crate::adapters::instant::saturating_ns as ns;
 use crate::core::Timestamp;
 use crate::core::ids::{Epoch, FiringId, JobName};
 use crate::core::job::Job;
-use crate::core::run::{Attempt, OUTPUT_TAIL_BYTES_MAX, Run, State};
+use crate::core::run::{OUTPUT_TAIL_BYTES_MAX, Run, State};
 use crate::ports::{
     AttemptEnd, AttemptStart, Catalog, CatalogEvent, Claim, Error, JobCursor, JobFilter, Refusal,
     Result, RunLog,
@@ -997,19 +997,7 @@ fn start(tx: &mut Tx, s: AttemptStart) -> Result<std::result::Result<(), Refusal
     run.epoch = s.epoch;
     run.next_attempt_at = None;
     run.update_time = s.started_at;
-    run.attempts.push(Attempt {
-        number: s.number,
-        epoch: s.epoch,
-        node: s.node,
-        started_at: s.started_at,
-        lateness_us: s.lateness_us,
-        finished_at: None,
-        status: None,
-        summary: String::new(),
-        exit_code: None,
-        http_status: None,
-        output_tail: String::new(),
-    });
+    run.attempts.push(s.attempt());
     write_run(tx, &key, &run, true)?;
     Ok(Ok(()))
 }

@@ -761,19 +761,7 @@ impl crate::ports::RunLog for RunLog {
         args.push(self.conn.base().to_owned());
         args.push(n.to_string());
         for s in &starts {
-            let attempt = Attempt {
-                number: s.number,
-                epoch: s.epoch,
-                node: s.node.clone(),
-                started_at: s.started_at,
-                lateness_us: s.lateness_us,
-                finished_at: None,
-                status: None,
-                summary: String::new(),
-                exit_code: None,
-                http_status: None,
-                output_tail: String::new(),
-            };
+            let attempt = s.attempt();
             args.push(s.firing.0.hyphenated().to_string());
             args.push(epoch20(s.epoch));
             args.push(s.number.to_string());
