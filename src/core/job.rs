@@ -72,6 +72,30 @@ impl Job {
         self.schedule.compile()
     }
 
+    /// This job as it replaces `current` in a catalog: same uid, the expected revision
+    /// (when given) still current, the revision bumped and the creation time kept.
+    /// `Err` says why the update conflicts. Every catalog applies this one rule.
+    pub fn replacing(
+        mut self,
+        current: &Job,
+        expected_revision: Option<u64>,
+    ) -> Result<Job, String> {
+        if current.uid != self.uid {
+            return Err(format!("{} was replaced", self.name));
+        }
+        if let Some(rev) = expected_revision
+            && rev != current.revision
+        {
+            return Err(format!(
+                "{} is at revision {}, not {rev}",
+                self.name, current.revision
+            ));
+        }
+        self.revision = current.revision + 1;
+        self.create_time = current.create_time;
+        Ok(self)
+    }
+
     /// The etag the API shows: changes whenever the job does.
     pub fn etag(&self) -> String {
         format!("\"{}-{}\"", self.uid.simple(), self.revision)

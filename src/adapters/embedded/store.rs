@@ -741,23 +741,11 @@ fn create_job(tx: &mut Tx, job: Job, request_id: Option<String>) -> Result<Job> 
     Ok(job)
 }
 
-fn update_job(tx: &mut Tx, mut job: Job, expected: Option<u64>) -> Result<Job> {
+fn update_job(tx: &mut Tx, job: Job, expected: Option<u64>) -> Result<Job> {
     let Some(current) = read_job(tx, &job.name)? else {
         return Err(Error::NotFound(job.name.to_string()));
     };
-    if current.uid != job.uid {
-        return Err(Error::Conflict(format!("{} was replaced", job.name)));
-    }
-    if let Some(rev) = expected
-        && rev != current.revision
-    {
-        return Err(Error::Conflict(format!(
-            "{} is at revision {}, not {rev}",
-            job.name, current.revision
-        )));
-    }
-    job.revision = current.revision + 1;
-    job.create_time = current.create_time;
+    let job = job.replacing(&current, expected).map_err(Error::Conflict)?;
     put_job(tx, &job)?;
     Ok(job)
 }

@@ -370,20 +370,10 @@ impl crate::ports::Catalog for Catalog {
             let Some((current, mod_rev)) = self.read(&job.name).await? else {
                 return Err(Error::NotFound(job.name.to_string()));
             };
-            if current.uid != job.uid {
-                return Err(Error::Conflict(format!("{} was replaced", job.name)));
-            }
-            if let Some(rev) = expected_revision
-                && rev != current.revision
-            {
-                return Err(Error::Conflict(format!(
-                    "{} is at revision {}, not {rev}",
-                    job.name, current.revision
-                )));
-            }
-            let mut next = job.clone();
-            next.revision = current.revision + 1;
-            next.create_time = current.create_time;
+            let next = job
+                .clone()
+                .replacing(&current, expected_revision)
+                .map_err(Error::Conflict)?;
             let txn = Txn::new()
                 .when(vec![Compare::mod_revision(
                     key.clone(),
