@@ -6,6 +6,7 @@
 //! read a clock or touch generated proto types (the tidy test enforces it).
 
 pub mod action;
+pub mod clock_guard;
 mod error;
 pub mod firing;
 pub mod ids;
