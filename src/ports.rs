@@ -171,10 +171,27 @@ pub struct AttemptEnd {
 /// Runs and the idempotent claims that guard them.
 #[async_trait]
 pub trait RunLog: Send + Sync + 'static {
-    /// Durably record a batch of claims. A run whose firing id exists already is left
-    /// as it is (`false` in the result): the firing was claimed before. Refused whole
-    /// with `Fenced` if `epoch` is older than the newest epoch the log has seen.
-    async fn claim(&self, epoch: Epoch, claims: Vec<Claim>) -> Result<Vec<bool>>;
+    /// Durably record a batch of claims by the owner of `shard`. A run whose firing id
+    /// exists already is left as it is (`false` in the result): the firing was claimed
+    /// before. Refused whole with `Fenced` if `epoch` is older than the newest epoch the
+    /// log has seen for that shard (a log with one fence for all shards, like the
+    /// embedded store, compares against that one). An empty batch raises the fence: a
+    /// new owner does that before it reads what earlier terms left unfinished.
+    async fn claim_in_shard(
+        &self,
+        shard: u32,
+        epoch: Epoch,
+        claims: Vec<Claim>,
+    ) -> Result<Vec<bool>>;
+    /// `claim_in_shard` for shard 0 (a schedule with one shard).
+    async fn claim(&self, epoch: Epoch, claims: Vec<Claim>) -> Result<Vec<bool>> {
+        self.claim_in_shard(0, epoch, claims).await
+    }
+    /// Delete every run and the progress cursor of a deleted job. Logs whose catalog
+    /// deletes them in the same transaction (the embedded store) have nothing left to do.
+    async fn delete_job_runs(&self, _job_uid: Uuid) -> Result<()> {
+        Ok(())
+    }
     /// Every job's progress cursor.
     async fn cursors(&self) -> Result<Vec<(Uuid, Timestamp)>>;
     /// One job's progress cursor: the last scheduled instant handled.
@@ -223,14 +240,69 @@ pub trait Election: Send + Sync + 'static {
     /// Wait until this node owns `shard` of the schedule; return the term. Epochs are
     /// strictly increasing per shard.
     async fn campaign(&self, node: &NodeId, shard: u32) -> Result<Term>;
+    /// Give up this node's term on `shard` now (ends it first), so the next candidate
+    /// takes over without waiting for the lease to expire.
+    async fn resign(&self, shard: u32) -> Result<()>;
+    /// The current owner of `shard` (None: nobody campaigns for it, or the backend has
+    /// no notion of other owners).
+    async fn owner_of(&self, shard: u32) -> Result<Option<ShardOwner>>;
 }
 
+/// Time left in a term, as the election backend measures it (monotonic).
+pub type TermLeft = Arc<dyn Fn() -> std::time::Duration + Send + Sync>;
+
 /// One owner term.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Term {
     pub epoch: Epoch,
     /// Cancelled when the term ends (lease lost, newer epoch seen): stop firing at once.
     pub ended: CancellationToken,
+    /// When set, the term is over once this reports no time left, whether or not
+    /// `ended` was cancelled yet: owners check it synchronously before every claim and
+    /// dispatch, so a process resumed after a long pause cannot slip one through before
+    /// the task that cancels `ended` runs. Renewals move it forward.
+    pub left: Option<TermLeft>,
+}
+
+impl std::fmt::Debug for Term {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Term")
+            .field("epoch", &self.epoch)
+            .field("ended", &self.ended.is_cancelled())
+            .field("left", &self.left())
+            .finish()
+    }
+}
+
+impl Term {
+    /// A term that lasts until `ended` is cancelled (the embedded store's local term).
+    pub fn unbounded(epoch: Epoch) -> Self {
+        Self {
+            epoch,
+            ended: CancellationToken::new(),
+            left: None,
+        }
+    }
+
+    /// Whether the term still holds right now (checked, not assumed).
+    pub fn is_live(&self) -> bool {
+        !self.ended.is_cancelled() && self.left.as_ref().is_none_or(|l| !l().is_zero())
+    }
+
+    /// Time left before the term's deadline (None: no deadline).
+    pub fn left(&self) -> Option<std::time::Duration> {
+        self.left.as_ref().map(|l| l())
+    }
+}
+
+/// Who owns a shard, as the election backend sees it.
+#[derive(Clone, Debug)]
+pub struct ShardOwner {
+    pub shard: u32,
+    pub node: NodeId,
+    pub epoch: Epoch,
+    /// How long the owner's lease has left, if the backend has leases.
+    pub lease_left: Option<std::time::Duration>,
 }
 
 /// A firing handed from the owner to a region.
@@ -239,6 +311,16 @@ pub struct Dispatch {
     pub run: Run,
     pub job: Arc<Job>,
     pub epoch: Epoch,
+    /// The schedule shard whose owner sent it: epochs are compared per shard.
+    pub shard: u32,
+}
+
+/// A dispatch as a region receives it, with the token that acknowledges it.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// Opaque; empty when the queue needs no acknowledgement (in-process queues).
+    pub id: String,
+    pub dispatch: Dispatch,
 }
 
 /// Per-region dispatch queues, bounded.
@@ -255,6 +337,18 @@ pub trait DispatchQueue: Send + Sync + 'static {
         max: usize,
         cancel: &CancellationToken,
     ) -> Result<Vec<Dispatch>>;
+    /// At-least-once reading: like `pull`, but each delivery stays owed to the region
+    /// (and is handed to another reader after the queue's visibility timeout) until
+    /// `ack`ed. A region acknowledges a dispatch once its run is settled there.
+    async fn receive(
+        &self,
+        region: &RegionId,
+        max: usize,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Delivery>>;
+    /// Acknowledge deliveries by id (ids that are empty or already acknowledged are
+    /// ignored).
+    async fn ack(&self, region: &RegionId, ids: &[String]) -> Result<()>;
 }
 
 /// Runs an action for one attempt. Implemented by `exec::Executors` (HTTP, command)

@@ -37,6 +37,7 @@ async fn start() -> Harness {
         listen: "127.0.0.1:0".parse().unwrap(),
         actors: Config::default(),
         store: Options::default(),
+        mesh: None,
     };
     let node = Node::start(settings, None).await.expect("node starts");
     let channel = Endpoint::from_shared(format!("http://{}", node.addr))

@@ -74,6 +74,7 @@ fn dispatches(job: &Arc<Job>, n: usize) -> Vec<Dispatch> {
             ),
             job: job.clone(),
             epoch: Epoch(4),
+            shard: 0,
         })
         .collect()
 }

@@ -96,6 +96,7 @@ async fn a_panicking_worker_is_replaced_and_its_attempt_recorded() {
         election: Arc::new(LocalElection::new(store.clone())),
         queues: Arc::new(LocalQueues::new(&regions, 1024)),
         executor: executor.clone(),
+        membership: None,
         config: Config {
             regions,
             // One worker: if the dead one were not replaced, nothing would run again.

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::core::ids::{NodeId, RegionId};
-use crate::ports::{Catalog, Clock, DispatchQueue, Election, Executor, RunLog};
+use crate::ports::{Catalog, Clock, DispatchQueue, Election, Executor, Membership, RunLog};
 
 /// Tunables of one node's actors.
 #[derive(Clone, Debug)]
@@ -41,6 +41,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Child restarts a supervisor allows per minute before it gives up.
     pub restarts_per_minute_max: u32,
+    /// Schedule shards: each has its own owner term (embedded mode: 1).
+    pub shards: u32,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Default for Config {
             owner_batch_max: 4_096,
             shutdown_grace: Duration::from_secs(30),
             restarts_per_minute_max: 1_000,
+            shards: 1,
         }
     }
 }
@@ -67,6 +70,8 @@ pub struct Deps {
     pub election: Arc<dyn Election>,
     pub queues: Arc<dyn DispatchQueue>,
     pub executor: Arc<dyn Executor>,
+    /// Which nodes are alive where (mesh mode); None when this node is the only one.
+    pub membership: Option<Arc<dyn Membership>>,
     pub config: Config,
     /// When set, workers push the lateness (microseconds) of every attempt's actual
     /// start here: the benchmark reads it. Bounded by `LatenessProbe::samples_max`.

@@ -31,7 +31,7 @@ use crate::core::ids::{Epoch, FiringId, RegionId};
 use crate::core::policy::overlap;
 use crate::core::policy::retry::{self, Failure};
 use crate::core::run::{AttemptStatus, State, Trigger};
-use crate::ports::{AttemptEnd, AttemptStart, Dispatch, Refusal};
+use crate::ports::{AttemptEnd, AttemptStart, Delivery, Dispatch, Refusal};
 
 /// Dispatches pulled from the queue per read.
 const PULL_BATCH_MAX: usize = 1_024;
@@ -46,7 +46,7 @@ pub struct Item {
 
 pub enum RegionSupervisorMsg {
     /// Dispatches read from the region's queue.
-    Pulled(Vec<Dispatch>),
+    Pulled(Vec<Delivery>),
     /// The precise timer fired (sequence number).
     Wake(u64),
     /// The run log answered a batch of starts (one answer per start, in order; `Err`
@@ -81,7 +81,12 @@ pub struct Status {
     pub skipped: u64,
     pub refused_stale_epoch: u64,
     pub workers_lost: u64,
-    pub epoch_seen: Epoch,
+    /// Deliveries of a firing this region already held (redelivery, recovery).
+    pub duplicates: u64,
+    /// Attempts found running on a node that is gone, recorded `worker_lost` here.
+    pub orphans: u64,
+    /// The highest epoch seen per shard.
+    pub epoch_seen: HashMap<u32, Epoch>,
 }
 
 pub struct RegionSupervisor;
@@ -112,6 +117,9 @@ pub struct RegionState {
     idle: Vec<ActorRef<WorkerMsg>>,
     busy: HashMap<ActorId, (ActorRef<WorkerMsg>, InFlight)>,
     overlap: HashMap<Uuid, overlap::State<FiringId>>,
+    /// Firings held here (from delivery until their run is settled here), with the
+    /// queue ids that acknowledge their deliveries then.
+    owed: HashMap<FiringId, Vec<String>>,
     /// Items held here (waiting, ready, buffered): the puller stops past the limit.
     held: Arc<AtomicUsize>,
     puller_stop: CancellationToken,
@@ -181,6 +189,7 @@ impl Actor for RegionSupervisor {
             idle,
             busy: HashMap::new(),
             overlap: HashMap::new(),
+            owed: HashMap::new(),
             held,
             puller_stop,
             timer: None,
@@ -298,7 +307,7 @@ fn spawn_puller(
             }
             match deps
                 .queues
-                .pull(&region, room.min(PULL_BATCH_MAX), &stop)
+                .receive(&region, room.min(PULL_BATCH_MAX), &stop)
                 .await
             {
                 Ok(batch) if batch.is_empty() => {}
@@ -318,15 +327,28 @@ fn spawn_puller(
 }
 
 impl RegionState {
-    fn accept(&mut self, d: Dispatch) {
-        if d.epoch < self.stats.epoch_seen {
-            // Fencing: an older owner's dispatch. The newer owner has the run.
-            self.stats.refused_stale_epoch += 1;
-            warn!(region = %self.region, firing = %d.run.firing, epoch = %d.epoch, seen = %self.stats.epoch_seen, "refused dispatch from a stale epoch");
+    fn accept(&mut self, delivery: Delivery) {
+        let Delivery { id, dispatch: d } = delivery;
+        if let Some(ids) = self.owed.get_mut(&d.run.firing) {
+            // Already held here: a redelivery, or a new owner's recovery. Settled (and
+            // acknowledged) with the copy held.
+            self.stats.duplicates += 1;
+            ids.push(id);
             self.held.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        self.stats.epoch_seen = d.epoch;
+        let seen = self.stats.epoch_seen.entry(d.shard).or_default();
+        if d.epoch < *seen {
+            // Fencing: an older owner's dispatch. The newer owner recovered the run
+            // from the log and dispatched it again under its own epoch.
+            self.stats.refused_stale_epoch += 1;
+            warn!(region = %self.region, firing = %d.run.firing, shard = d.shard, epoch = %d.epoch, seen = %*seen, "refused dispatch from a stale epoch");
+            self.held.fetch_sub(1, Ordering::Relaxed);
+            self.ack(vec![id]);
+            return;
+        }
+        *seen = d.epoch;
+        self.owed.insert(d.run.firing, vec![id]);
         let attempt = d.run.next_attempt_number();
         let start_at = d.run.next_start_at();
         self.push_waiting(Item {
@@ -428,6 +450,7 @@ impl RegionState {
                     if it.is_some() {
                         self.release(1);
                     }
+                    self.settle(&key, true);
                     self.stats.skipped += 1;
                     if let Err(e) = self
                         .deps
@@ -442,6 +465,7 @@ impl RegionState {
                     if self.buffered.remove(&key).is_some() {
                         self.release(1);
                     }
+                    self.settle(&key, true);
                     self.stats.skipped += 1;
                     let _ = self
                         .deps
@@ -466,6 +490,30 @@ impl RegionState {
 
     fn release(&self, n: usize) {
         self.held.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// The run of `firing` is settled here (over, or handed back): stop holding it, and
+    /// acknowledge its deliveries when `done` (otherwise the queue delivers it again
+    /// after its visibility timeout, to this node or another).
+    fn settle(&mut self, firing: &FiringId, done: bool) {
+        if let Some(ids) = self.owed.remove(firing)
+            && done
+        {
+            self.ack(ids);
+        }
+    }
+
+    fn ack(&self, ids: Vec<String>) {
+        if ids.iter().all(|i| i.is_empty()) {
+            return;
+        }
+        let queues = self.deps.queues.clone();
+        let region = self.region.clone();
+        tokio::spawn(async move {
+            if let Err(e) = queues.ack(&region, &ids).await {
+                warn!(region = %region, error = %e, "acknowledging dispatches failed; they come back and are refused as started");
+            }
+        });
     }
 
     /// Start ready items, as many as there are idle workers: reserve a worker for each
@@ -573,7 +621,15 @@ impl RegionState {
                     if reserved && let Some((w, _)) = self.busy.remove(&id) {
                         self.idle.push(w);
                     }
-                    self.finished(*r.item, done).await;
+                    if matches!(done, Done::Refused(Refusal::AlreadyStarted))
+                        && let Some(why) = self.orphaned(&r.item).await
+                    {
+                        self.stats.orphans += 1;
+                        warn!(region = %self.region, firing = %r.item.dispatch.run.firing, attempt = r.item.attempt, %why, "attempt's node is gone");
+                        self.worker_lost(*r.item, &why).await;
+                    } else {
+                        self.finished(*r.item, done).await;
+                    }
                 }
             }
         }
@@ -592,6 +648,9 @@ impl RegionState {
                 ..
             }
         );
+        // A start or end the log did not record: leave the delivery unacknowledged, so
+        // the queue hands it out again (the embedded store's recovery settles it).
+        let recorded = !matches!(&done, Done::Error(_));
         match done {
             Done::Ended {
                 state,
@@ -613,6 +672,7 @@ impl RegionState {
                             run,
                             job: d.job.clone(),
                             epoch: d.epoch,
+                            shard: d.shard,
                         },
                         attempt: item.attempt + 1,
                         start_at,
@@ -639,6 +699,7 @@ impl RegionState {
         if !run_over {
             return;
         }
+        self.settle(&firing, recorded);
         let uid = d.job.uid;
         let actions = self
             .overlap
@@ -649,6 +710,37 @@ impl RegionState {
         if self.overlap.get(&uid).is_some_and(|s| s.is_idle()) {
             self.overlap.remove(&uid);
         }
+    }
+
+    /// A start refused as already started: was that attempt started by a node that is
+    /// gone (this node's earlier life, or a node no longer a live member of this
+    /// region), and so will never end? Then say why.
+    async fn orphaned(&self, item: &Item) -> Option<String> {
+        let run = self
+            .deps
+            .runs
+            .get_run(item.dispatch.run.firing)
+            .await
+            .ok()??;
+        let last = run.attempts.last()?;
+        if run.state != State::Running || last.number != item.attempt || last.finished_at.is_some()
+        {
+            return None;
+        }
+        if last.node == self.deps.node {
+            // Nothing here runs it (this region holds the firing only once): it was
+            // started by this node before it restarted.
+            return Some(format!("{} restarted while the attempt ran", last.node));
+        }
+        let membership = self.deps.membership.as_ref()?;
+        let members = membership.members(&self.region).await.ok()?;
+        if members.iter().any(|m| m.node == last.node) {
+            return None;
+        }
+        Some(format!(
+            "{} is no longer a live member of {}",
+            last.node, self.region
+        ))
     }
 
     async fn worker_lost(&mut self, item: Item, why: &str) {
@@ -706,7 +798,9 @@ impl RegionState {
         if let Some(t) = self.timer.take() {
             t.abort();
         }
-        // Waiting and ready items stay queued in the run log: the next start recovers them.
+        // Waiting and ready items stay queued in the run log and unacknowledged in the
+        // queue: another node (or the next start) takes them over.
+        self.owed.clear();
         self.waiting.clear();
         self.items.clear();
         self.ready.clear();

@@ -1,11 +1,15 @@
-//! `ScheduleOwner`: the node's owner of the schedule for one term.
+//! `ScheduleOwner`: the owner of one shard of the schedule for one term (the node
+//! supervisor starts one when this node wins the shard's election).
 //!
-//! It loads every active job into the core's timer index, recovers runs a previous
-//! term left unfinished, then on each tick plans the firings due within the dispatch
-//! lead, claims them durably in one batch (runs + advanced cursors, fenced by its
-//! epoch) and hands the queued ones to their region. It follows the catalog through
-//! its watch. Must not start attempts (regions do) nor compute schedules (the core
-//! does); it stops firing the moment its term ends.
+//! It raises the run log's fence to its epoch, loads the shard's active jobs into the
+//! core's timer index, recovers runs a previous term left unfinished, then on each tick
+//! plans the firings due within the dispatch lead, claims them durably in one batch
+//! (runs + advanced cursors, fenced by its epoch) and hands the queued ones to their
+//! region (or, when the home region has no live node, applies the job's region-loss
+//! policy). It follows the catalog through its watch. Before every claim and every
+//! dispatch it checks that its term still holds (synchronously, against the lease
+//! deadline), so a process resumed after a pause cannot slip one through. Must not
+//! start attempts (regions do) nor compute schedules (the core does).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -21,7 +25,8 @@ use crate::core::Timestamp;
 use crate::core::firing::{Cause, firing_id};
 use crate::core::ids::{Epoch, JobName, RegionId};
 use crate::core::job::Job;
-use crate::core::owner::{Index, Plan};
+use crate::core::owner::{Index, Plan, shard_of};
+use crate::core::policy::region_loss;
 use crate::core::policy::retry::{self, Decision as RetryDecision, Failure};
 use crate::core::run::{AttemptStatus, Run, State, Trigger};
 use crate::ports::{AttemptEnd, CatalogEvent, Claim, Dispatch, Error, JobFilter, Term};
@@ -36,6 +41,8 @@ const RETRY_AFTER: Duration = Duration::from_millis(20);
 const PENDING_MAX: usize = 100_000;
 /// Jobs read per page while loading the index.
 const LOAD_PAGE_MAX: usize = 10_000;
+/// How long the owner trusts its view of which regions have a live node.
+const LIVE_REGIONS_TTL: Duration = Duration::from_secs(1);
 
 pub enum ScheduleOwnerMsg {
     /// Time to plan and claim what is due. Carries the timer's sequence number.
@@ -52,12 +59,17 @@ pub enum ScheduleOwnerMsg {
         reply: RpcReplyPort<Result<Run, String>>,
     },
     Status(RpcReplyPort<Status>),
+    /// The term ended (lease lost, resigned, newer epoch): stop at once.
+    TermEnded,
 }
 
 /// What the owner shows about itself.
 #[derive(Clone, Debug, Default)]
 pub struct Status {
+    pub shard: u32,
     pub epoch: Epoch,
+    /// Time left on the term's lease when asked (None: no lease, embedded mode).
+    pub lease_left: Option<Duration>,
     pub jobs_indexed: usize,
     pub next_due: Option<Timestamp>,
     pub pending_dispatches: usize,
@@ -71,7 +83,11 @@ pub struct ScheduleOwner;
 
 pub struct OwnerState {
     deps: Arc<Deps>,
+    shard: u32,
     term: Term,
+    /// Regions with a live node, and when that was read (mesh mode).
+    live: Option<(Timestamp, Vec<RegionId>)>,
+    term_watch: Option<JoinHandle<()>>,
     index: Index,
     pending: VecDeque<Dispatch>,
     timer: Option<JoinHandle<()>>,
@@ -89,6 +105,9 @@ impl Drop for OwnerState {
         if let Some(w) = self.watch.take() {
             w.abort();
         }
+        if let Some(w) = self.term_watch.take() {
+            w.abort();
+        }
     }
 }
 
@@ -99,15 +118,29 @@ fn std_to_chrono(d: Duration) -> chrono::Duration {
 impl Actor for ScheduleOwner {
     type Msg = ScheduleOwnerMsg;
     type State = OwnerState;
-    type Arguments = Arc<Deps>;
+    /// The node's deps, the shard, and the term this node won for it.
+    type Arguments = (Arc<Deps>, u32, Term);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        deps: Arc<Deps>,
+        (deps, shard, term): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let term = deps.election.campaign(&deps.node, 0).await?;
-        info!(node = %deps.node, epoch = %term.epoch, "schedule owner term started");
+        if !term.is_live() {
+            return Err("the term ended before the owner started".into());
+        }
+        info!(node = %deps.node, shard, epoch = %term.epoch, "schedule owner term started");
+        let ended = term.ended.clone();
+        let end_to = myself.clone();
+        let term_watch = tokio::spawn(async move {
+            ended.cancelled().await;
+            let _ = end_to.cast(ScheduleOwnerMsg::TermEnded);
+        });
+        // Raise the run log's fence to this epoch before reading what earlier terms
+        // left: from here on, their claims are refused.
+        deps.runs
+            .claim_in_shard(shard, term.epoch, Vec::new())
+            .await?;
         // Subscribe before loading, so no change between the load and the watch is lost
         // (upserts are idempotent).
         let mut rx = deps.catalog.watch();
@@ -132,7 +165,10 @@ impl Actor for ScheduleOwner {
         });
         let mut state = OwnerState {
             deps,
+            shard,
             term,
+            live: None,
+            term_watch: Some(term_watch),
             index: Index::default(),
             pending: VecDeque::new(),
             timer: None,
@@ -144,6 +180,7 @@ impl Actor for ScheduleOwner {
         state.load().await?;
         state.recover().await?;
         state.stats.epoch = state.term.epoch;
+        state.stats.shard = shard;
         Ok(state)
     }
 
@@ -162,8 +199,8 @@ impl Actor for ScheduleOwner {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if state.term.ended.is_cancelled() {
-            warn!(epoch = %state.term.epoch, "owner term ended; stopping");
+        if !state.term.is_live() {
+            warn!(shard = state.shard, epoch = %state.term.epoch, "owner term ended; stopping");
             myself.stop(Some("term ended".into()));
             return Ok(());
         }
@@ -197,8 +234,12 @@ impl Actor for ScheduleOwner {
                 s.jobs_indexed = state.index.len();
                 s.next_due = state.index.next_due();
                 s.pending_dispatches = state.pending.len();
+                s.lease_left = state.term.left();
                 let _ = reply.send(s);
             }
+            // Handled by the liveness check above; a race where the message outlives
+            // its cause is harmless.
+            ScheduleOwnerMsg::TermEnded => {}
         }
         Ok(())
     }
@@ -222,7 +263,8 @@ impl OwnerState {
             if let Some(last) = page.last() {
                 after = Some((last.create_time, last.name.clone()));
             }
-            for job in &page {
+            let (shards, shard) = (self.deps.config.shards, self.shard);
+            for job in page.iter().filter(|j| shard_of(&j.uid, shards) == shard) {
                 let cursor = cursors.get(&job.uid).copied().unwrap_or(job.create_time);
                 self.index_job(job, cursor);
             }
@@ -233,6 +275,11 @@ impl OwnerState {
         }
         info!(jobs = total, indexed = self.index.len(), "jobs loaded");
         Ok(())
+    }
+
+    /// Whether a job belongs to this owner's shard.
+    fn mine(&self, uid: &uuid::Uuid) -> bool {
+        shard_of(uid, self.deps.config.shards) == self.shard
     }
 
     fn index_job(&mut self, job: &Job, cursor: Timestamp) {
@@ -262,7 +309,18 @@ impl OwnerState {
     /// if its retry policy allows, as a new attempt.
     async fn recover(&mut self) -> Result<(), ActorProcessingErr> {
         let now = self.deps.clock.now();
+        // Mesh mode: attempts running on live nodes are theirs to finish (and their
+        // region's queue hands them to a peer if that node dies).
+        let mut live_nodes = std::collections::HashSet::new();
+        if let Some(m) = &self.deps.membership {
+            for region in m.live_regions().await? {
+                live_nodes.extend(m.members(&region).await?.into_iter().map(|m| m.node));
+            }
+        }
         for mut run in self.deps.runs.unfinished().await? {
+            if !self.mine(&run.job_uid) {
+                continue;
+            }
             let Some(job) = self.job_of(&run.job, run.job_uid).await? else {
                 self.deps
                     .runs
@@ -272,6 +330,9 @@ impl OwnerState {
             };
             if run.state == State::Running {
                 let last = run.attempts.last().expect("running runs have an attempt");
+                if live_nodes.contains(&last.node) && last.node != self.deps.node {
+                    continue;
+                }
                 let number = last.number;
                 let decision = retry::after_attempt(
                     &job.policy.retry,
@@ -325,6 +386,7 @@ impl OwnerState {
                 run,
                 job,
                 epoch: self.term.epoch,
+                shard: self.shard,
             });
         }
         if self.stats.recovered > 0 {
@@ -335,6 +397,8 @@ impl OwnerState {
 
     async fn apply(&mut self, ev: CatalogEvent) -> Result<(), ActorProcessingErr> {
         match ev {
+            CatalogEvent::Upserted(job) if !self.mine(&job.uid) => {}
+            CatalogEvent::Deleted { uid, .. } if !self.mine(&uid) => {}
             CatalogEvent::Upserted(job) => {
                 let cursor = match self.index.cursor(&job.uid) {
                     Some(c) => c,
@@ -378,6 +442,14 @@ impl OwnerState {
         );
         let full_batch = plans.len() >= cfg.owner_batch_max;
         if !plans.is_empty() {
+            if !self.term.is_live() {
+                for plan in &plans {
+                    self.index.restore(&plan.job.uid, plan.from);
+                }
+                warn!(shard = self.shard, epoch = %self.term.epoch, "term over before the claim; stopping");
+                myself.stop(Some("term ended".into()));
+                return Ok(());
+            }
             match self.claim(plans).await {
                 Ok(()) => {}
                 Err(Error::Fenced { stale, current }) => {
@@ -422,7 +494,12 @@ impl OwnerState {
                 });
             }
         }
-        match self.deps.runs.claim(self.term.epoch, claims).await {
+        match self
+            .deps
+            .runs
+            .claim_in_shard(self.shard, self.term.epoch, claims)
+            .await
+        {
             Ok(inserted) => {
                 let mut i = 0;
                 for plan in plans {
@@ -448,6 +525,7 @@ impl OwnerState {
                                 run,
                                 job,
                                 epoch: self.term.epoch,
+                                shard: self.shard,
                             }),
                             None => {
                                 self.deps
@@ -469,17 +547,58 @@ impl OwnerState {
         }
     }
 
+    /// Regions with a live node (mesh mode), read at most every `LIVE_REGIONS_TTL`.
+    /// None when there is no membership (embedded), or it could not be read yet.
+    async fn live_regions(&mut self) -> Option<Vec<RegionId>> {
+        let membership = self.deps.membership.clone()?;
+        let now = self.deps.clock.now();
+        let fresh = self
+            .live
+            .as_ref()
+            .is_some_and(|(at, _)| now - *at < std_to_chrono(LIVE_REGIONS_TTL));
+        if !fresh {
+            match membership.live_regions().await {
+                Ok(live) => self.live = Some((now, live)),
+                // Keep the last view; without one, dispatch home.
+                Err(e) => warn!(error = %e, "reading live regions failed"),
+            }
+        }
+        self.live.as_ref().map(|(_, l)| l.clone())
+    }
+
     /// Offer pending dispatches to their regions; true when none are left.
     async fn flush(&mut self) -> bool {
         if self.pending.is_empty() {
             return true;
         }
+        if !self.term.is_live() {
+            // Not ours to hand out any more: the next owner recovers them from the log.
+            self.pending.clear();
+            return true;
+        }
+        let live = self.live_regions().await;
         let mut by_region: HashMap<RegionId, Vec<Dispatch>> = HashMap::new();
-        for d in self.pending.drain(..) {
-            by_region
-                .entry(d.job.name.region.clone())
-                .or_default()
-                .push(d);
+        for d in self.pending.drain(..).collect::<Vec<_>>() {
+            let home = &d.job.name.region;
+            let to = match &live {
+                None => home.clone(),
+                Some(live) => match region_loss::decide(&d.job.policy.region_loss, home, live) {
+                    region_loss::Decision::Dispatch(r) => r,
+                    region_loss::Decision::Pause(why) => {
+                        if let Err(e) = self
+                            .deps
+                            .runs
+                            .end_run(d.run.firing, State::Paused, why)
+                            .await
+                        {
+                            warn!(firing = %d.run.firing, error = %e, "recording a paused firing failed; will retry");
+                            self.pending.push_back(d);
+                        }
+                        continue;
+                    }
+                },
+            };
+            by_region.entry(to).or_default().push(d);
         }
         for (region, batch) in by_region {
             let n = batch.len();
@@ -539,15 +658,19 @@ impl OwnerState {
             run: run.clone(),
             cursor: None,
         };
+        if !self.term.is_live() {
+            return Err("this node's term on the job's shard just ended; retry".into());
+        }
         self.deps
             .runs
-            .claim(self.term.epoch, vec![claim])
+            .claim_in_shard(self.shard, self.term.epoch, vec![claim])
             .await
             .map_err(|e| e.to_string())?;
         self.pending.push_back(Dispatch {
             run: run.clone(),
             job,
             epoch: self.term.epoch,
+            shard: self.shard,
         });
         self.flush().await;
         Ok(run)

@@ -33,6 +33,13 @@ fn wall_now() -> Timestamp {
     chrono::Utc::now()
 }
 
+/// The monotonic clock, for lease deadlines (a duration since the last renewal, which
+/// no wall-clock step may stretch). The one sanctioned monotonic read.
+#[allow(clippy::disallowed_methods)]
+pub fn monotonic_now() -> tokio::time::Instant {
+    tokio::time::Instant::now()
+}
+
 struct Timer {
     heap: Mutex<BinaryHeap<Reverse<(i64, u64)>>>,
     wakers: Mutex<std::collections::HashMap<u64, oneshot::Sender<()>>>,

@@ -18,7 +18,7 @@ use crate::actors::node_supervisor::NodeStatus;
 use crate::core::action::{Action, Command, Http};
 use crate::core::ids::RegionId;
 use crate::core::job::Job;
-use crate::core::policy::{Catchup, Overlap, Policies, Retry, Spread};
+use crate::core::policy::{Catchup, Overlap, Policies, RegionLoss, Retry, Spread};
 use crate::core::run::{Attempt, AttemptStatus, Run, State, Trigger};
 use crate::core::schedule::{DstDecision, DstFold, DstGap, Firing, Kind, Once, ScheduleSpec};
 use crate::core::{FieldError, Timestamp};
@@ -384,7 +384,51 @@ pub fn policy_in(p: Option<pb::Policy>) -> Result<Policies, FieldError> {
                 Duration::ZERO,
             )?,
         },
+        region_loss: region_loss_in(p.region_loss.as_ref())?,
     })
+}
+
+fn region_loss_in(p: Option<&pb::RegionLossPolicy>) -> Result<RegionLoss, FieldError> {
+    let Some(p) = p else {
+        return Ok(RegionLoss::Pause);
+    };
+    let to = &p.failover_region;
+    match pb::RegionLossAction::try_from(p.action) {
+        Ok(pb::RegionLossAction::Unspecified | pb::RegionLossAction::Pause) if to.is_empty() => {
+            Ok(RegionLoss::Pause)
+        }
+        Ok(pb::RegionLossAction::Unspecified | pb::RegionLossAction::Pause) => {
+            Err(FieldError::new(
+                "policy.region_loss.failover_region",
+                "only allowed with action REGION_LOSS_ACTION_FAILOVER",
+            ))
+        }
+        Ok(pb::RegionLossAction::Failover) if to.is_empty() => Err(FieldError::new(
+            "policy.region_loss.failover_region",
+            "required with action REGION_LOSS_ACTION_FAILOVER",
+        )),
+        Ok(pb::RegionLossAction::Failover) => {
+            crate::core::ids::validate_id("policy.region_loss.failover_region", to)?;
+            Ok(RegionLoss::Failover(RegionId(to.clone())))
+        }
+        Err(_) => Err(FieldError::new(
+            "policy.region_loss.action",
+            format!("{} is not a RegionLossAction value", p.action),
+        )),
+    }
+}
+
+fn region_loss_out(r: &RegionLoss) -> pb::RegionLossPolicy {
+    match r {
+        RegionLoss::Pause => pb::RegionLossPolicy {
+            action: pb::RegionLossAction::Pause as i32,
+            failover_region: String::new(),
+        },
+        RegionLoss::Failover(to) => pb::RegionLossPolicy {
+            action: pb::RegionLossAction::Failover as i32,
+            failover_region: to.to_string(),
+        },
+    }
 }
 
 /// Every policy with its effective value, defaults included: what the job will do.
@@ -405,6 +449,7 @@ pub fn policy_out(p: &Policies) -> pb::Policy {
             timeout: Some(duration_out(p.retry.timeout)),
         }),
         spread_window: (!p.spread.window.is_zero()).then(|| duration_out(p.spread.window)),
+        region_loss: Some(region_loss_out(&p.region_loss)),
     }
 }
 
@@ -412,6 +457,7 @@ pub fn policy_out(p: &Policies) -> pb::Policy {
 pub fn proto_field(field: String) -> String {
     match field.as_str() {
         "policy.spread.window" => "policy.spread_window".to_owned(),
+        "policy.region_loss.failover" => "policy.region_loss.failover_region".to_owned(),
         "schedule.interval.anchor" => "schedule.interval_anchor".to_owned(),
         _ => field,
     }
@@ -522,14 +568,19 @@ pub fn run_out(r: &Run, tz: Tz) -> pb::Run {
 // ------------------------------------------------------------------ node
 
 pub fn node_status_out(node: &str, regions: &[RegionId], s: &NodeStatus) -> pb::NodeStatus {
-    let owner = s.owner.as_ref();
+    let owners = &s.owners;
     pb::NodeStatus {
         node: node.to_owned(),
         regions: regions.iter().map(ToString::to_string).collect(),
-        epoch: owner.map_or(0, |o| o.epoch.0),
-        jobs_indexed: owner.map_or(0, |o| o.jobs_indexed as u64),
-        next_due: owner.and_then(|o| o.next_due).map(|t| time(t, Tz::UTC)),
-        pending_dispatches: owner.map_or(0, |o| o.pending_dispatches as u64),
+        // The newest epoch among the shards this node owns (0: it owns none).
+        epoch: owners.iter().map(|o| o.epoch.0).max().unwrap_or(0),
+        jobs_indexed: s.jobs_indexed() as u64,
+        next_due: owners
+            .iter()
+            .filter_map(|o| o.next_due)
+            .min()
+            .map(|t| time(t, Tz::UTC)),
+        pending_dispatches: owners.iter().map(|o| o.pending_dispatches as u64).sum(),
         region_status: s
             .regions
             .iter()

@@ -23,7 +23,7 @@ use ractor::ActorRef;
 
 use crate::actors::node_supervisor::NodeSupervisorMsg;
 use crate::core::ids::{NodeId, RegionId};
-use crate::ports::{Catalog, Clock, RunLog};
+use crate::ports::{Catalog, Clock, DispatchQueue, Election, Membership, RunLog};
 
 pub use service::Service;
 
@@ -41,6 +41,14 @@ pub struct Context {
     /// Key that signs page tokens (tamper-evident cursors); persisted per data dir so
     /// tokens survive restarts.
     pub page_key: [u8; 32],
+    /// Dispatch queues: a manual trigger on a node that does not own the job's shard
+    /// is claimed and dispatched from here.
+    pub queues: Arc<dyn DispatchQueue>,
+    pub election: Arc<dyn Election>,
+    /// Mesh mode: who is alive where (None in embedded mode).
+    pub membership: Option<Arc<dyn Membership>>,
+    /// Schedule shards of the cluster.
+    pub shards: u32,
 }
 
 /// Largest request accepted (a job's body and headers are capped far below it by

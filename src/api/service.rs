@@ -22,12 +22,15 @@ use super::{Context, pb};
 use crate::actors::node_supervisor::NodeSupervisorMsg;
 use crate::actors::schedule_owner::ScheduleOwnerMsg;
 use crate::core::FieldError;
+use crate::core::firing::{Cause, firing_id};
 use crate::core::ids::{FiringId, JobName, RegionId, RunName, validate_id};
 use crate::core::job::Job;
+use crate::core::owner::shard_of;
 use crate::core::policy::hash::fnv1a64;
-use crate::core::run::Run;
+use crate::core::run::{Run, Trigger};
 use crate::core::schedule::{self, Firing};
-use crate::ports::{self, JobFilter};
+use crate::ports::{self, Claim, Dispatch, JobFilter};
+use std::sync::Arc;
 
 /// How long a call to a node actor (supervisor, owner) may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -281,7 +284,10 @@ impl Service {
                 });
             }
         }
-        self.ctx.catalog.delete_job(&name).await?;
+        let job = self.ctx.catalog.delete_job(&name).await?;
+        // Logs apart from the catalog (mesh mode: Redis) drop the runs now; a start
+        // racing with this is refused, its run being gone.
+        self.ctx.runs.delete_job_runs(job.uid).await?;
         Ok(())
     }
 
@@ -320,27 +326,27 @@ impl Service {
         }
     }
 
-    /// Ask the owner to fire `job` now.
-    async fn place_trigger(
-        &self,
-        job: &JobName,
-        override_overlap: bool,
-        nonce: u64,
-    ) -> Result<Run> {
+    /// Fire `job` now: through this node's owner of the job's shard, or (mesh mode,
+    /// another node owns it) claimed and dispatched from here.
+    async fn place_trigger(&self, job: &Job, override_overlap: bool, nonce: u64) -> Result<Run> {
+        let shard = shard_of(&job.uid, self.ctx.shards);
         let owner = match self
             .ctx
             .supervisor
-            .call(NodeSupervisorMsg::Owner, Some(CALL_TIMEOUT))
+            .call(|r| NodeSupervisorMsg::Owner(shard, r), Some(CALL_TIMEOUT))
             .await
         {
             Ok(CallResult::Success(Some(owner))) => owner,
+            Ok(CallResult::Success(None)) if self.ctx.membership.is_some() => {
+                return self.trigger_here(job, shard, override_overlap, nonce).await;
+            }
             Ok(CallResult::Success(None)) => return Err(Error::NoOwner),
             _ => return Err(Error::Actor("the node supervisor did not answer".into())),
         };
         let reply = owner
             .call(
                 |reply| ScheduleOwnerMsg::Trigger {
-                    job: job.clone(),
+                    job: job.name.clone(),
                     override_overlap,
                     nonce,
                     reply,
@@ -370,7 +376,7 @@ impl Service {
             // Distinguishes triggers that land on the same instant.
             let nonce = Uuid::new_v4().as_u64_pair().0;
             let run = self
-                .place_trigger(&name, req.override_overlap, nonce)
+                .place_trigger(&job, req.override_overlap, nonce)
                 .await?;
             return Ok(convert::run_out(&run, tz));
         }
@@ -390,7 +396,7 @@ impl Service {
         }
         let nonce = fnv1a64(req.request_id.as_bytes());
         let run = self
-            .place_trigger(&name, req.override_overlap, nonce)
+            .place_trigger(&job, req.override_overlap, nonce)
             .await?;
         memo.remember(req.request_id, name, run.firing);
         Ok(convert::run_out(&run, tz))
@@ -492,6 +498,144 @@ impl Service {
             warnings,
             tzdb_version: schedule::TZDB_VERSION.to_owned(),
         })
+    }
+
+    /// A manual firing placed by a node that does not own the job's shard: claimed
+    /// under the shard owner's current epoch (a manual firing has an id of its own, so
+    /// no scheduled firing can collide with it) and dispatched to the job's region,
+    /// where the region's overlap policy applies as for any firing.
+    async fn trigger_here(
+        &self,
+        job: &Job,
+        shard: u32,
+        override_overlap: bool,
+        nonce: u64,
+    ) -> Result<Run> {
+        let Some(owner) = self.ctx.election.owner_of(shard).await? else {
+            return Err(Error::NoOwner);
+        };
+        let now = self.ctx.clock.now();
+        let run = Run::queued(
+            firing_id(job.uid, now, Cause::Manual { nonce }),
+            job.name.clone(),
+            job.uid,
+            now,
+            now,
+            Trigger::Manual { override_overlap },
+            owner.epoch,
+            now,
+        );
+        let claim = Claim {
+            run: run.clone(),
+            cursor: None,
+        };
+        self.ctx
+            .runs
+            .claim_in_shard(shard, owner.epoch, vec![claim])
+            .await?;
+        let back = self
+            .ctx
+            .queues
+            .push(
+                &job.name.region,
+                vec![Dispatch {
+                    run: run.clone(),
+                    job: Arc::new(job.clone()),
+                    epoch: owner.epoch,
+                    shard,
+                }],
+            )
+            .await?;
+        if !back.is_empty() {
+            // Claimed but the region's queue is full: the run stays queued in the log,
+            // where the shard owner's next recovery finds it. Say so.
+            return Err(Error::Owner(format!(
+                "region {} queue is full; the run is recorded and will be dispatched by the next owner term",
+                job.name.region
+            )));
+        }
+        Ok(run)
+    }
+
+    async fn cluster_status(&self) -> Result<pb::ClusterStatus> {
+        let mut out = pb::ClusterStatus {
+            answered_by: self.ctx.node.to_string(),
+            ..Default::default()
+        };
+        let Some(membership) = &self.ctx.membership else {
+            out.mode = "embedded".into();
+            let status = self.node_status().await?;
+            out.regions = self
+                .ctx
+                .regions
+                .iter()
+                .map(|r| pb::ClusterRegion {
+                    name: r.to_string(),
+                    live: true,
+                    nodes: vec![self.ctx.node.to_string()],
+                })
+                .collect();
+            out.nodes = vec![pb::ClusterNode {
+                node: self.ctx.node.to_string(),
+                regions: status.regions.clone(),
+                endpoint: String::new(),
+            }];
+            out.shards = vec![pb::ShardOwner {
+                shard: 0,
+                node: self.ctx.node.to_string(),
+                epoch: status.epoch,
+                lease_left: None,
+            }];
+            return Ok(out);
+        };
+        out.mode = "mesh".into();
+        let mut nodes: std::collections::BTreeMap<String, pb::ClusterNode> = Default::default();
+        for region in membership.live_regions().await? {
+            let members = membership.members(&region).await?;
+            out.regions.push(pb::ClusterRegion {
+                name: region.to_string(),
+                live: !members.is_empty(),
+                nodes: members.iter().map(|m| m.node.to_string()).collect(),
+            });
+            for m in members {
+                let n = nodes
+                    .entry(m.node.to_string())
+                    .or_insert_with(|| pb::ClusterNode {
+                        node: m.node.to_string(),
+                        regions: Vec::new(),
+                        endpoint: m.endpoint.clone(),
+                    });
+                n.regions.push(region.to_string());
+            }
+        }
+        // Regions this node serves but nobody hosts right now are shown as lost.
+        for r in &self.ctx.regions {
+            if !out.regions.iter().any(|x| x.name == r.as_str()) {
+                out.regions.push(pb::ClusterRegion {
+                    name: r.to_string(),
+                    live: false,
+                    nodes: Vec::new(),
+                });
+            }
+        }
+        out.regions.sort_by(|a, b| a.name.cmp(&b.name));
+        out.nodes = nodes.into_values().collect();
+        for shard in 0..self.ctx.shards.max(1) {
+            let owner = self.ctx.election.owner_of(shard).await?;
+            out.shards.push(match owner {
+                Some(o) => pb::ShardOwner {
+                    shard,
+                    node: o.node.to_string(),
+                    epoch: o.epoch.0,
+                    lease_left: o.lease_left.map(convert::duration_out),
+                },
+                None => pb::ShardOwner {
+                    shard,
+                    ..Default::default()
+                },
+            });
+        }
+        Ok(out)
     }
 
     async fn node_status(&self) -> Result<pb::NodeStatus> {
@@ -599,6 +743,13 @@ impl pb::scheduler_server::Scheduler for Service {
         _request: Request<pb::GetNodeStatusRequest>,
     ) -> std::result::Result<Response<pb::NodeStatus>, Status> {
         answer(self.node_status().await)
+    }
+
+    async fn get_cluster_status(
+        &self,
+        _request: Request<pb::GetClusterStatusRequest>,
+    ) -> std::result::Result<Response<pb::ClusterStatus>, Status> {
+        answer(self.cluster_status().await)
     }
 }
 

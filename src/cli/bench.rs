@@ -138,6 +138,7 @@ async fn fire(args: FireArgs) -> anyhow::Result<()> {
             runs_per_job_max: 10,
             ..Options::default()
         },
+        mesh: None,
     };
     // Load straight into the store (as an import would), then start the node, whose
     // owner indexes everything at start.
@@ -170,9 +171,7 @@ async fn fire(args: FireArgs) -> anyhow::Result<()> {
             )
             .await;
         if let Ok(ractor::rpc::CallResult::Success(s)) = status
-            && s.owner
-                .as_ref()
-                .is_some_and(|o| o.jobs_indexed >= args.jobs)
+            && s.jobs_indexed() >= args.jobs
         {
             break;
         }

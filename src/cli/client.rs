@@ -445,6 +445,10 @@ pub struct CreateArgs {
     /// Spread dispatch over a window by a fixed per-job offset.
     #[arg(long, value_parser = parse_duration)]
     pub spread: Option<Duration>,
+    /// When the job's region has no live node: `pause` (record firings paused, the
+    /// default) or `failover:REGION` (run them there meanwhile).
+    #[arg(long, value_parser = parse_region_loss)]
+    pub region_loss: Option<pb::RegionLossPolicy>,
 
     #[arg(long)]
     pub description: Option<String>,
@@ -457,6 +461,21 @@ pub struct CreateArgs {
     /// Check everything, store nothing.
     #[arg(long)]
     pub validate_only: bool,
+}
+
+/// `pause` or `failover:REGION`.
+fn parse_region_loss(s: &str) -> Result<pb::RegionLossPolicy, String> {
+    match s.split_once(':') {
+        None if s == "pause" => Ok(pb::RegionLossPolicy {
+            action: pb::RegionLossAction::Pause as i32,
+            failover_region: String::new(),
+        }),
+        Some(("failover", region)) if !region.is_empty() => Ok(pb::RegionLossPolicy {
+            action: pb::RegionLossAction::Failover as i32,
+            failover_region: region.to_owned(),
+        }),
+        _ => Err(format!("{s:?}: expected `pause` or `failover:REGION`")),
+    }
 }
 
 impl CreateArgs {
@@ -511,6 +530,7 @@ impl CreateArgs {
             catchup,
             retry,
             spread_window: self.spread.map(dur),
+            region_loss: self.region_loss,
         };
         pb::CreateJobRequest {
             parent: format!("regions/{}", self.region),
@@ -845,6 +865,17 @@ pub async fn status(ctx: &Ctx) -> Result<(), Failure> {
         .await
         .map_err(|s| c.fail(s))?;
     Printer::new(ctx.output).status(s.get_ref());
+    Ok(())
+}
+
+pub async fn cluster_status(ctx: &Ctx) -> Result<(), Failure> {
+    let mut c = Client::connect(&ctx.endpoint).await?;
+    let s = c
+        .inner
+        .get_cluster_status(pb::GetClusterStatusRequest {})
+        .await
+        .map_err(|s| c.fail(s))?;
+    Printer::new(ctx.output).cluster(s.get_ref());
     Ok(())
 }
 

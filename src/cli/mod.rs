@@ -76,6 +76,17 @@ pub enum Cmd {
     Preview(PreviewArgs),
     /// Show the node's status: regions, owner term, queues and workers.
     Status,
+    /// The cluster: regions and their live nodes, shard owners, epochs, leases.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Regions, nodes, and which node owns which shard (epoch, lease time left).
+    Status,
 }
 
 impl Cmd {
@@ -136,6 +147,9 @@ async fn run(cli: Cli) -> ExitCode {
         Cmd::Runs { cmd } => return client::finish(client::runs(&ctx, cmd).await),
         Cmd::Preview(args) => return client::finish(client::preview(&ctx, args).await),
         Cmd::Status => return client::finish(client::status(&ctx).await),
+        Cmd::Cluster {
+            cmd: ClusterCmd::Status,
+        } => return client::finish(client::cluster_status(&ctx).await),
     };
     match server_side {
         Ok(()) => ExitCode::from(EXIT_OK),

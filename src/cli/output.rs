@@ -308,6 +308,29 @@ pub fn status_json(s: &pb::NodeStatus) -> Value {
     })
 }
 
+pub fn cluster_json(s: &pb::ClusterStatus) -> Value {
+    json!({
+        "mode": s.mode,
+        "answered_by": s.answered_by,
+        "regions": s.regions.iter().map(|r| json!({
+            "name": r.name,
+            "live": r.live,
+            "nodes": r.nodes,
+        })).collect::<Vec<_>>(),
+        "nodes": s.nodes.iter().map(|n| json!({
+            "node": n.node,
+            "regions": n.regions,
+            "endpoint": n.endpoint,
+        })).collect::<Vec<_>>(),
+        "shards": s.shards.iter().map(|o| json!({
+            "shard": o.shard,
+            "node": (!o.node.is_empty()).then_some(&o.node),
+            "epoch": o.epoch,
+            "lease_left_ms": o.lease_left.as_ref().map(|d| d.seconds * 1000 + i64::from(d.nanos) / 1_000_000),
+        })).collect::<Vec<_>>(),
+    })
+}
+
 // ------------------------------------------------------------------ tables
 
 /// Left-aligned columns separated by two spaces, a header row first.
@@ -618,6 +641,56 @@ impl Printer {
             })
             .collect();
         print!("{}", table(&["UTC", "LOCAL", "ZONE", "DST"], &rows));
+    }
+
+    pub fn cluster(&self, s: &pb::ClusterStatus) {
+        if self.output == Output::Json {
+            return self.json(&cluster_json(s));
+        }
+        println!("mode: {} (answered by {})", s.mode, s.answered_by);
+        println!();
+        let rows: Vec<Vec<String>> = s
+            .regions
+            .iter()
+            .map(|r| {
+                vec![
+                    r.name.clone(),
+                    if r.live { "live" } else { "LOST" }.to_owned(),
+                    r.nodes.join(", "),
+                ]
+            })
+            .collect();
+        print!("{}", table(&["REGION", "STATE", "NODES"], &rows));
+        println!();
+        let rows: Vec<Vec<String>> = s
+            .nodes
+            .iter()
+            .map(|n| vec![n.node.clone(), n.regions.join(", "), n.endpoint.clone()])
+            .collect();
+        print!("{}", table(&["NODE", "REGIONS", "ENDPOINT"], &rows));
+        println!();
+        let rows: Vec<Vec<String>> = s
+            .shards
+            .iter()
+            .map(|o| {
+                vec![
+                    o.shard.to_string(),
+                    if o.node.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        o.node.clone()
+                    },
+                    o.epoch.to_string(),
+                    o.lease_left
+                        .as_ref()
+                        .map_or("-".to_owned(), |d| format!("{} s", d.seconds)),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(&["SHARD", "OWNER", "EPOCH", "LEASE LEFT"], &rows)
+        );
     }
 
     pub fn status(&self, s: &pb::NodeStatus) {

@@ -12,7 +12,8 @@ use tracing::info;
 use crate::actors::Config;
 use crate::adapters::embedded::Options;
 use crate::core::ids::{NodeId, RegionId, validate_id};
-use crate::node::{Node, Settings};
+use crate::core::owner::SHARDS_MAX;
+use crate::node::{Mesh, Node, Settings};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -43,6 +44,34 @@ pub struct ServeArgs {
     /// Milliseconds ahead of its instant a firing is claimed and handed to its region.
     #[arg(long, default_value_t = 1000)]
     pub dispatch_lead_ms: u64,
+
+    /// Mesh mode: etcd client URLs (comma-separated). The catalog, elections and
+    /// membership live there; needs --redis.
+    #[arg(long, env = "MERIDIAN_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Mesh mode: the Redis URL for runs, claims and dispatch streams (or `redis` in a
+    /// region file). Run it with `appendonly yes` and `appendfsync always`.
+    #[arg(long, env = "MERIDIAN_REDIS", requires = "etcd")]
+    pub redis: Option<String>,
+    /// Mesh mode: the cluster's name, the key prefix in etcd and Redis.
+    #[arg(long, env = "MERIDIAN_CLUSTER", default_value = "meridian")]
+    pub cluster: String,
+    /// Mesh mode: schedule shards, each with its own elected owner. Every node of a
+    /// cluster must use the same number.
+    #[arg(long, env = "MERIDIAN_SHARDS", default_value_t = 1)]
+    pub shards: u32,
+    /// Mesh mode: lease TTL in seconds of owner terms and memberships; an owner that
+    /// dies is replaced within about this long (etcd grants at least 2).
+    #[arg(long, env = "MERIDIAN_LEASE_TTL_S", default_value_t = 3)]
+    pub lease_ttl_s: u64,
+    /// Mesh mode: the API endpoint other nodes and tools use for this node (default:
+    /// http://LISTEN-ADDRESS).
+    #[arg(long, env = "MERIDIAN_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Mesh mode: seconds a dispatch may stay unacknowledged (its run not settled)
+    /// before another node of its region takes it over.
+    #[arg(long, default_value_t = 30)]
+    pub visibility_timeout_s: u64,
 }
 
 /// A region file: `regions/<name>.toml`.
@@ -52,9 +81,9 @@ struct RegionFile {
     name: String,
     #[serde(default)]
     workers: Option<usize>,
-    /// Mesh settings (etcd, Redis) are read by mesh mode; embedded mode ignores them.
+    /// The Redis of this region (mesh mode). One Redis serves the whole cluster
+    /// today: when set, it must equal `--redis` (or be the only one named).
     #[serde(default)]
-    #[allow(dead_code)]
     redis: Option<String>,
 }
 
@@ -62,6 +91,7 @@ impl ServeArgs {
     pub fn settings(&self) -> anyhow::Result<Settings> {
         let mut regions: Vec<RegionId> = Vec::new();
         let mut workers = self.workers;
+        let mut redis = self.redis.clone();
         for r in &self.regions {
             validate_id("--region", r).map_err(|e| anyhow::anyhow!("{e}"))?;
             regions.push(RegionId(r.clone()));
@@ -75,6 +105,15 @@ impl ServeArgs {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             if let Some(w) = file.workers {
                 workers = w;
+            }
+            match (&redis, file.redis) {
+                (_, None) => {}
+                (None, Some(url)) => redis = Some(url),
+                (Some(a), Some(b)) if *a == b => {}
+                (Some(a), Some(b)) => anyhow::bail!(
+                    "{}: redis = {b:?} differs from {a:?}: one Redis per cluster is supported so far",
+                    f.display()
+                ),
             }
             regions.push(RegionId(file.name));
         }
@@ -95,7 +134,34 @@ impl ServeArgs {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "node".into()),
         };
+        let mesh = if self.etcd.is_empty() {
+            None
+        } else {
+            anyhow::ensure!(
+                (1..=SHARDS_MAX).contains(&self.shards),
+                "--shards must be between 1 and {SHARDS_MAX}"
+            );
+            anyhow::ensure!(
+                (2..=600).contains(&self.lease_ttl_s),
+                "--lease-ttl-s must be between 2 and 600 (etcd grants at least 2 s)"
+            );
+            anyhow::ensure!(
+                (1..=3600).contains(&self.visibility_timeout_s),
+                "--visibility-timeout-s must be between 1 and 3600"
+            );
+            validate_id("--cluster", &self.cluster).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Some(Mesh {
+                etcd: self.etcd.clone(),
+                redis: redis.context("--redis is required with --etcd")?,
+                cluster: self.cluster.clone(),
+                lease_ttl: Duration::from_secs(self.lease_ttl_s),
+                advertise: self.advertise.clone(),
+                visibility_timeout: Duration::from_secs(self.visibility_timeout_s),
+            })
+        };
+        let shards = if mesh.is_some() { self.shards } else { 1 };
         Ok(Settings {
+            mesh,
             node: NodeId(node),
             data_dir: self.data_dir.clone(),
             listen: self.listen,
@@ -104,6 +170,7 @@ impl ServeArgs {
                 workers_max: workers,
                 shutdown_grace: Duration::from_secs(self.shutdown_grace_s),
                 dispatch_lead: Duration::from_millis(self.dispatch_lead_ms.clamp(1, 60_000)),
+                shards,
                 ..Config::default()
             },
             store: Options {

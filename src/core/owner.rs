@@ -23,6 +23,17 @@ use super::schedule::Schedule;
 
 /// Most firings of one job planned in one pass; the rest wait for the next pass.
 pub const SCAN_MAX: usize = 100_000;
+/// Most schedule shards a cluster may be split into.
+pub const SHARDS_MAX: u32 = 1_024;
+
+/// The schedule shard a job belongs to: a stable hash of its uid, so every node
+/// computes the same answer and a job stays in its shard for life.
+pub fn shard_of(uid: &Uuid, shards: u32) -> u32 {
+    super::policy::hash::below(
+        super::policy::hash::fnv1a64(uid.as_bytes()),
+        u64::from(shards.max(1)),
+    ) as u32
+}
 
 /// What planning needs of a job, and no more: the index holds one per active job
 /// (a million of them within the memory budget), and the full job is read from the
@@ -344,6 +355,20 @@ fn new_run(job: &JobRef, at: Timestamp, spread: Duration, epoch: Epoch, now: Tim
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shards_are_stable_and_spread() {
+        let mut counts = [0u32; 4];
+        for i in 0..4_000u128 {
+            let uid = Uuid::from_u128(i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835));
+            let s = shard_of(&uid, 4);
+            assert_eq!(s, shard_of(&uid, 4));
+            counts[s as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+        assert_eq!(shard_of(&Uuid::from_u128(7), 1), 0);
+        assert_eq!(shard_of(&Uuid::from_u128(7), 0), 0);
+    }
+
     use super::*;
     use crate::core::action::Action;
     use crate::core::ids::JobName;

@@ -3,11 +3,10 @@
 //! incarnation can be told apart. Must not talk to the network.
 
 use async_trait::async_trait;
-use tokio_util::sync::CancellationToken;
 
 use super::Store;
 use crate::core::ids::NodeId;
-use crate::ports::{Election, Result, Term};
+use crate::ports::{Election, Result, ShardOwner, Term};
 
 pub struct LocalElection {
     store: Store,
@@ -23,9 +22,15 @@ impl LocalElection {
 impl Election for LocalElection {
     async fn campaign(&self, _node: &NodeId, _shard: u32) -> Result<Term> {
         let epoch = self.store.bump_epoch().await?;
-        Ok(Term {
-            epoch,
-            ended: CancellationToken::new(),
-        })
+        Ok(Term::unbounded(epoch))
+    }
+
+    /// One node owns everything: there is nobody to hand a shard to.
+    async fn resign(&self, _shard: u32) -> Result<()> {
+        Ok(())
+    }
+
+    async fn owner_of(&self, _shard: u32) -> Result<Option<ShardOwner>> {
+        Ok(None)
     }
 }

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::ids::RegionId;
-use crate::ports::{Dispatch, DispatchQueue, Error, Result};
+use crate::ports::{Delivery, Dispatch, DispatchQueue, Error, Result};
 
 struct Lane {
     tx: mpsc::Sender<Dispatch>,
@@ -86,5 +86,27 @@ impl DispatchQueue for LocalQueues {
             }
         }
         Ok(out)
+    }
+
+    /// In-process: what is received lives only in this process, as everything here.
+    async fn receive(
+        &self,
+        region: &RegionId,
+        max: usize,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Delivery>> {
+        Ok(self
+            .pull(region, max, cancel)
+            .await?
+            .into_iter()
+            .map(|dispatch| Delivery {
+                id: String::new(),
+                dispatch,
+            })
+            .collect())
+    }
+
+    async fn ack(&self, _region: &RegionId, _ids: &[String]) -> Result<()> {
+        Ok(())
     }
 }

@@ -370,7 +370,13 @@ impl Catalog for Store {
 
 #[async_trait]
 impl RunLog for Store {
-    async fn claim(&self, epoch: Epoch, claims: Vec<Claim>) -> Result<Vec<bool>> {
+    /// One fence for the whole store: embedded mode runs one shard.
+    async fn claim_in_shard(
+        &self,
+        _shard: u32,
+        epoch: Epoch,
+        claims: Vec<Claim>,
+    ) -> Result<Vec<bool>> {
         self.call(|r| Op::Claim(epoch, claims, r)).await
     }
 

@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 
 use super::{Backoff, Connection, Fence, election_prefix};
 use crate::core::ids::{Epoch, NodeId};
-use crate::ports::{Error, Result, Term};
+use crate::ports::{Error, Result, ShardOwner, Term};
 
 /// Election settings.
 #[derive(Clone, Debug)]
@@ -80,6 +80,17 @@ impl ElectionOptions {
 struct Held {
     fence: Fence,
     ended: CancellationToken,
+    deadline: Arc<Mutex<tokio::time::Instant>>,
+}
+
+/// Time left before a term's deadline, on the monotonic clock.
+fn term_left(deadline: Arc<Mutex<tokio::time::Instant>>) -> crate::ports::TermLeft {
+    Arc::new(move || {
+        deadline
+            .lock()
+            .expect("term deadline lock")
+            .saturating_duration_since(crate::adapters::clock::monotonic_now())
+    })
 }
 
 struct Inner {
@@ -187,6 +198,7 @@ impl Election {
         // Armed before the grant is sent: the lease cannot expire on the server before
         // send time + TTL, so the term may last until then (less the margin).
         let first_expiry = Box::pin(tokio::time::sleep(options.term_span()));
+        let deadline = Arc::new(Mutex::new(first_expiry.deadline()));
         let mut lease_client = conn.lease();
         let grant = conn
             .timed("lease grant", lease_client.grant(options.ttl_secs(), None))
@@ -199,6 +211,7 @@ impl Election {
             lease,
             first_expiry,
             ended.clone(),
+            deadline.clone(),
         ));
         // If this future is dropped before it wins, the candidacy is withdrawn.
         let guard = ended.clone().drop_guard();
@@ -302,6 +315,7 @@ impl Election {
                 Held {
                     fence: fence.clone(),
                     ended: ended.clone(),
+                    deadline: deadline.clone(),
                 },
             ) {
                 old.ended.cancel();
@@ -310,7 +324,11 @@ impl Election {
         let _ = guard.disarm();
         tokio::spawn(observe(conn, fence, ended.clone()));
         info!(%node, shard, %epoch, "won shard");
-        Ok(Term { epoch, ended })
+        Ok(Term {
+            epoch,
+            ended,
+            left: Some(term_left(deadline)),
+        })
     }
 }
 
@@ -325,10 +343,52 @@ impl crate::ports::Election for Election {
                 return Ok(Term {
                     epoch: h.fence.epoch,
                     ended: h.ended.clone(),
+                    left: Some(term_left(h.deadline.clone())),
                 });
             }
         }
         self.run_campaign(node, shard).await
+    }
+
+    async fn resign(&self, shard: u32) -> Result<()> {
+        Election::resign(self, shard).await
+    }
+
+    async fn owner_of(&self, shard: u32) -> Result<Option<ShardOwner>> {
+        let conn = &self.inner.conn;
+        let mut kv = conn.kv();
+        let resp = conn
+            .timed(
+                "read owner",
+                kv.get(
+                    election_prefix(conn, shard),
+                    Some(
+                        GetOptions::new()
+                            .with_prefix()
+                            .with_sort(SortTarget::Create, SortOrder::Ascend)
+                            .with_limit(1),
+                    ),
+                ),
+            )
+            .await?;
+        let Some(owner) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        let node = NodeId(String::from_utf8_lossy(owner.value()).into_owned());
+        let mut leases = conn.lease();
+        let lease_left = match conn
+            .timed("lease ttl", leases.time_to_live(owner.lease(), None))
+            .await
+        {
+            Ok(t) if t.ttl() >= 0 => Some(Duration::from_secs(t.ttl() as u64)),
+            _ => None,
+        };
+        Ok(Some(ShardOwner {
+            shard,
+            node,
+            epoch: Epoch(owner.create_revision() as u64),
+            lease_left,
+        }))
     }
 }
 
@@ -378,7 +438,12 @@ async fn keep_alive(
     lease: i64,
     mut expiry: Pin<Box<Sleep>>,
     ended: CancellationToken,
+    deadline: Arc<Mutex<tokio::time::Instant>>,
 ) {
+    // Every renewal that moves `expiry` moves the term's deadline with it.
+    let moved = |expiry: &Pin<Box<Sleep>>| {
+        *deadline.lock().expect("term deadline lock") = expiry.deadline();
+    };
     let renew_every = options.renew_every();
     let span = options.term_span();
     let mut backoff = Backoff::new(Duration::from_millis(100), renew_every);
@@ -394,6 +459,7 @@ async fn keep_alive(
         let (mut keeper, mut responses) = match opened {
             Ok(pair) => {
                 expiry = guard;
+                moved(&expiry);
                 backoff.reset();
                 pair
             }
@@ -427,7 +493,10 @@ async fn keep_alive(
                 _ = ended.cancelled() => return revoke(&conn, lease).await,
             };
             match answer {
-                Ok(Some(r)) if r.ttl() > 0 => expiry = guard,
+                Ok(Some(r)) if r.ttl() > 0 => {
+                    expiry = guard;
+                    moved(&expiry);
+                }
                 Ok(Some(_)) => {
                     warn!(lease, "lease expired on the server; ending term");
                     ended.cancel();

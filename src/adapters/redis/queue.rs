@@ -83,11 +83,7 @@ impl QueueOptions {
 }
 
 /// One entry read from a region's stream: its id (for `ack`) and its dispatch.
-#[derive(Clone, Debug)]
-pub struct Delivery {
-    pub id: String,
-    pub dispatch: Dispatch,
-}
+pub use crate::ports::Delivery;
 
 /// A dispatch on the wire.
 #[derive(Serialize)]
@@ -95,6 +91,7 @@ struct WireOut<'a> {
     run: &'a Run,
     job: &'a Job,
     epoch: Epoch,
+    shard: u32,
 }
 
 #[derive(Deserialize)]
@@ -102,6 +99,8 @@ struct WireIn {
     run: Run,
     job: Job,
     epoch: Epoch,
+    #[serde(default)]
+    shard: u32,
 }
 
 /// Redis Streams dispatch queues. Cheap to clone.
@@ -333,6 +332,7 @@ impl Queue {
                         run: w.run,
                         job: Arc::new(w.job),
                         epoch: w.epoch,
+                        shard: w.shard,
                     },
                 }),
                 Err(why) => {
@@ -472,6 +472,7 @@ impl DispatchQueue for Queue {
                 run: &d.run,
                 job: &d.job,
                 epoch: d.epoch,
+                shard: d.shard,
             };
             payloads.push(serde_json::to_vec(&wire).map_err(|e| Error::Storage(e.to_string()))?);
         }
@@ -523,5 +524,31 @@ impl DispatchQueue for Queue {
             warn!(error = %e, region = %region, "could not acknowledge pulled dispatches");
         }
         Ok(got.into_iter().map(|d| d.dispatch).collect())
+    }
+
+    /// Entries held past the visibility timeout by any consumer first (what this
+    /// process already read comes before them), else new ones; nothing is acknowledged
+    /// here: the region acknowledges each once its run is settled.
+    async fn receive(
+        &self,
+        region: &RegionId,
+        max: usize,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Delivery>> {
+        let timeout = self.inner.options.visibility_timeout;
+        let mut got = if self.has_buffered(region).await? {
+            Vec::new()
+        } else {
+            self.reclaim(region, timeout, max).await?
+        };
+        if got.is_empty() {
+            got = self.pull_deliveries(region, max, cancel).await?;
+        }
+        Ok(got)
+    }
+
+    async fn ack(&self, region: &RegionId, ids: &[String]) -> Result<()> {
+        let ids: Vec<String> = ids.iter().filter(|i| !i.is_empty()).cloned().collect();
+        Queue::ack(self, region, &ids).await.map(|_| ())
     }
 }

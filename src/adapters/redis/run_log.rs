@@ -487,12 +487,7 @@ impl RunLog {
 
     /// `claim` for the owner of `shard`: fenced against the newest epoch seen for that
     /// shard only.
-    pub async fn claim_in_shard(
-        &self,
-        shard: u32,
-        epoch: Epoch,
-        claims: Vec<Claim>,
-    ) -> Result<Vec<bool>> {
+    async fn claim_shard(&self, shard: u32, epoch: Epoch, claims: Vec<Claim>) -> Result<Vec<bool>> {
         self.barrier().await?;
         let n = claims.len();
         let mut args = vec![
@@ -585,7 +580,7 @@ impl RunLog {
     /// so whoever deletes the job calls this after the catalog delete; a start racing
     /// with it is refused `JobDeleted` once the run is gone. Runs in steps of
     /// `RANGE_PAGE_MAX` runs, each atomic.
-    pub async fn delete_job_runs(&self, job_uid: Uuid) -> Result<()> {
+    async fn forget_job(&self, job_uid: Uuid) -> Result<()> {
         let uid = job_uid.hyphenated().to_string();
         let keys = [
             self.conn.key(&format!("runs:{uid}")),
@@ -711,8 +706,17 @@ impl RunLog {
 
 #[async_trait]
 impl crate::ports::RunLog for RunLog {
-    async fn claim(&self, epoch: Epoch, claims: Vec<Claim>) -> Result<Vec<bool>> {
-        self.claim_in_shard(0, epoch, claims).await
+    async fn claim_in_shard(
+        &self,
+        shard: u32,
+        epoch: Epoch,
+        claims: Vec<Claim>,
+    ) -> Result<Vec<bool>> {
+        self.claim_shard(shard, epoch, claims).await
+    }
+
+    async fn delete_job_runs(&self, job_uid: Uuid) -> Result<()> {
+        self.forget_job(job_uid).await
     }
 
     async fn cursors(&self) -> Result<Vec<(Uuid, Timestamp)>> {

@@ -14,11 +14,13 @@
 //! - [`catchup`]: which late firings run and which are recorded `missed`.
 //! - [`retry`]: after a failed attempt, retry when, or end the run how.
 //! - [`spread`]: a job's deterministic dispatch offset.
+//! - [`region_loss`]: where a firing goes when its home region has no live node.
 //! - [`hash`]: FNV-1a and splitmix64, stable across platforms and Rust versions.
 
 pub mod catchup;
 pub mod hash;
 pub mod overlap;
+pub mod region_loss;
 pub mod retry;
 pub mod spread;
 
@@ -28,6 +30,7 @@ use super::FieldError;
 
 pub use catchup::Catchup;
 pub use overlap::Overlap;
+pub use region_loss::RegionLoss;
 pub use retry::Retry;
 pub use spread::Spread;
 
@@ -44,6 +47,7 @@ pub struct Policies {
     pub catchup: Catchup,
     pub retry: Retry,
     pub spread: Spread,
+    pub region_loss: RegionLoss,
 }
 
 impl Policies {
@@ -53,7 +57,8 @@ impl Policies {
         self.overlap.validate()?;
         self.catchup.validate()?;
         self.retry.validate()?;
-        self.spread.validate()
+        self.spread.validate()?;
+        self.region_loss.validate()
     }
 }
 
@@ -133,7 +138,8 @@ mod tests {
                 "jitter": 0.2,
                 "timeout": 600_000
             },
-            "spread": {"window": 0}
+            "spread": {"window": 0},
+            "region_loss": "pause"
         });
         assert_eq!(v, expected);
         let back: Policies = serde_json::from_value(v).unwrap();
@@ -156,7 +162,7 @@ mod tests {
     #[test]
     fn unknown_fields_are_ignored() {
         let p: Policies =
-            serde_json::from_str(r#"{"region_loss":"pause","retry":{"future":1}}"#).unwrap();
+            serde_json::from_str(r#"{"future_policy":"x","retry":{"future":1}}"#).unwrap();
         assert_eq!(p, Policies::default());
     }
 
