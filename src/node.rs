@@ -16,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::actors::node_supervisor::{NodeSupervisor, NodeSupervisorMsg};
-use crate::actors::{Config, Deps, LatenessProbe};
+use crate::actors::{Config, Deps, LatenessProbe, clock_guardian};
 use crate::adapters::clock::SystemClock;
 use crate::adapters::embedded::{LocalElection, LocalQueues, Options, Store};
 use crate::api;
+use crate::core::clock_guard::GuardConfig;
 use crate::core::ids::NodeId;
 use crate::exec::Executors;
 
@@ -33,6 +34,8 @@ pub struct Settings {
     pub store: Options,
     /// Mesh mode when set; embedded otherwise.
     pub mesh: Option<Mesh>,
+    /// The clock guard's limits (`max_skew` and the rest).
+    pub guard: GuardConfig,
 }
 
 /// How a mesh node reaches etcd and Redis.
@@ -58,6 +61,8 @@ struct Ports {
     election: Arc<dyn crate::ports::Election>,
     queues: Arc<dyn crate::ports::DispatchQueue>,
     membership: Option<Arc<dyn crate::ports::Membership>>,
+    /// Clocks the guard compares this node's with (none in embedded mode).
+    time_sources: Vec<Arc<dyn crate::ports::TimeSource>>,
 }
 
 async fn mesh_ports(settings: &Settings, mesh: &Mesh) -> anyhow::Result<Ports> {
@@ -103,7 +108,9 @@ async fn mesh_ports(settings: &Settings, mesh: &Mesh) -> anyhow::Result<Ports> {
     qopts.queue_max = settings.actors.region_pending_max.min(1 << 20);
     qopts.visibility_timeout = mesh.visibility_timeout;
     let queues = redis::Queue::open(&rconf, qopts).context("opening the Redis queues")?;
+    let redis_time = redis::RedisTime::open(&rconf).context("opening Redis as a time source")?;
     Ok(Ports {
+        time_sources: vec![Arc::new(redis_time)],
         catalog: Arc::new(catalog),
         runs: Arc::new(runs),
         election: Arc::new(election),
@@ -174,6 +181,7 @@ impl Node {
                 settings.actors.region_pending_max,
             )),
             membership: None,
+            time_sources: Vec::new(),
         };
         Self::start_with(settings, ports, Some(store), probe).await
     }
@@ -185,6 +193,13 @@ impl Node {
         probe: Option<Arc<LatenessProbe>>,
     ) -> anyhow::Result<Self> {
         let clock = Arc::new(SystemClock);
+        let stop = CancellationToken::new();
+        let guard = clock_guardian::spawn(
+            clock.clone(),
+            ports.time_sources.clone(),
+            settings.guard.clone(),
+            stop.clone(),
+        );
         // Bound before anything campaigns, so the advertised endpoint is known.
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -209,6 +224,7 @@ impl Node {
             queues: ports.queues.clone(),
             executor: Arc::new(Executors::new().context("building executors")?),
             membership: ports.membership.clone(),
+            guard,
             config: settings.actors.clone(),
             probe,
         });
@@ -227,8 +243,8 @@ impl Node {
             election: ports.election.clone(),
             membership: ports.membership.clone(),
             shards: settings.actors.shards,
+            guard: deps.guard.clone(),
         };
-        let stop = CancellationToken::new();
         let server = tokio::spawn(api::serve(ctx, listener, stop.clone()));
         info!(%addr, node = %settings.node, regions = ?settings.actors.regions, "meridian serving");
         Ok(Self {

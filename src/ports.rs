@@ -54,8 +54,21 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub trait Clock: Send + Sync + 'static {
     /// Now in UTC by this node's clock.
     fn now(&self) -> Timestamp;
+    /// The monotonic clock: time since an arbitrary origin fixed for the life of the
+    /// process. Never steps; the clock guard compares it with the wall clock.
+    fn monotonic(&self) -> std::time::Duration;
     /// Resolve no earlier than `t` by `now()`, as soon after as the platform allows.
     async fn sleep_until(&self, t: Timestamp);
+}
+
+/// A clock to compare this node's with (Redis `TIME`, a peer): the clock guard asks it
+/// for the time and measures the round trip itself.
+#[async_trait]
+pub trait TimeSource: Send + Sync + 'static {
+    /// A stable name for reports (`redis`, `peer:n2`).
+    fn name(&self) -> String;
+    /// The source's time now.
+    async fn time(&self) -> Result<Timestamp>;
 }
 
 /// A change to the catalog, in commit order.

@@ -38,6 +38,7 @@ async fn start() -> Harness {
         actors: Config::default(),
         store: Options::default(),
         mesh: None,
+        guard: Default::default(),
     };
     let node = Node::start(settings, None).await.expect("node starts");
     let channel = Endpoint::from_shared(format!("http://{}", node.addr))

@@ -97,6 +97,12 @@ async fn a_panicking_worker_is_replaced_and_its_attempt_recorded() {
         queues: Arc::new(LocalQueues::new(&regions, 1024)),
         executor: executor.clone(),
         membership: None,
+        guard: meridian::actors::clock_guardian::spawn(
+            Arc::new(SystemClock),
+            Vec::new(),
+            Default::default(),
+            tokio_util::sync::CancellationToken::new(),
+        ),
         config: Config {
             regions,
             // One worker: if the dead one were not replaced, nothing would run again.

@@ -5,11 +5,14 @@
 //! - `RegionSupervisor`: one per hosted region; owns its bounded worker pool and the
 //!   overlap policy, starts attempts exactly at their instant.
 //! - `Worker`: runs one attempt at a time through an executor and records it.
+//! - `clock_guardian`: a task (not an actor) sampling time sources into the core's
+//!   clock guard; owners and regions read its gate.
 //!
 //! Actors must not compute schedules or policies themselves (that is `core`), must not
 //! read the system clock (the `Clock` port does), and must keep every mailbox and
 //! queue bounded.
 
+pub mod clock_guardian;
 pub mod node_supervisor;
 pub mod region_supervisor;
 pub mod schedule_owner;
@@ -43,6 +46,9 @@ pub struct Config {
     pub restarts_per_minute_max: u32,
     /// Schedule shards: each has its own owner term (embedded mode: 1).
     pub shards: u32,
+    /// How long due firings wait at a closed clock gate before the owner records them
+    /// `gated`.
+    pub gate_grace: Duration,
 }
 
 impl Default for Config {
@@ -57,6 +63,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             restarts_per_minute_max: 1_000,
             shards: 1,
+            gate_grace: Duration::from_secs(30),
         }
     }
 }
@@ -72,6 +79,8 @@ pub struct Deps {
     pub executor: Arc<dyn Executor>,
     /// Which nodes are alive where (mesh mode); None when this node is the only one.
     pub membership: Option<Arc<dyn Membership>>,
+    /// The clock guard: whether this node's clock may fire now.
+    pub guard: Arc<clock_guardian::GuardHandle>,
     pub config: Config,
     /// When set, workers push the lateness (microseconds) of every attempt's actual
     /// start here: the benchmark reads it. Bounded by `LatenessProbe::samples_max`.

@@ -249,6 +249,10 @@ impl Actor for NodeSupervisor {
 fn spawn_campaign(deps: Arc<Deps>, shard: u32, to: ActorRef<NodeSupervisorMsg>) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
+            // A node whose clock cannot be trusted does not ask to own anything.
+            while !deps.guard.is_open() {
+                tokio::time::sleep(CAMPAIGN_RETRY).await;
+            }
             match deps.election.campaign(&deps.node, shard).await {
                 Ok(term) => {
                     let ended = term.ended.clone();

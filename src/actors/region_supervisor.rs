@@ -27,6 +27,7 @@ use super::Deps;
 use super::schedule_owner::next_after_failure;
 use super::worker::{Done, Worker, WorkerMsg};
 use crate::core::Timestamp;
+use crate::core::clock_guard::Decision;
 use crate::core::ids::{Epoch, FiringId, RegionId};
 use crate::core::policy::overlap;
 use crate::core::policy::retry::{self, Failure};
@@ -35,6 +36,8 @@ use crate::ports::{AttemptEnd, AttemptStart, Delivery, Dispatch, Refusal};
 
 /// Dispatches pulled from the queue per read.
 const PULL_BATCH_MAX: usize = 1_024;
+/// How soon an item held at a closed clock gate is looked at again.
+const GATE_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One attempt to start: a dispatch, which attempt, and when.
 #[derive(Debug)]
@@ -85,6 +88,8 @@ pub struct Status {
     pub duplicates: u64,
     /// Attempts found running on a node that is gone, recorded `worker_lost` here.
     pub orphans: u64,
+    /// Starts the clock guard held back (early by the corrected clock, or gate closed).
+    pub gate_waits: u64,
     /// The highest epoch seen per shard.
     pub epoch_seen: HashMap<u32, Epoch>,
 }
@@ -300,6 +305,12 @@ fn spawn_puller(
         let held_max = deps.config.region_pending_max;
         while !stop.is_cancelled() {
             let room = held_max.saturating_sub(held.load(Ordering::Relaxed));
+            if !deps.guard.is_open() {
+                // A clock that cannot be trusted takes no new work: the region's other
+                // nodes (and this one, once its gate opens) take it.
+                tokio::time::sleep(GATE_RECHECK).await;
+                continue;
+            }
             if room == 0 {
                 // Backpressure: leave work in the queue (and so with the owner).
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -359,8 +370,15 @@ impl RegionState {
     }
 
     fn push_waiting(&mut self, item: Item) {
+        let at = item.start_at;
+        self.push_waiting_at(item, at);
+    }
+
+    /// Wait until `at` by this node's clock (the item's instant, or later when the
+    /// clock guard says so).
+    fn push_waiting_at(&mut self, item: Item, at: Timestamp) {
         self.seq += 1;
-        self.waiting.push(Reverse((item.start_at, self.seq)));
+        self.waiting.push(Reverse((at, self.seq)));
         self.items.insert(self.seq, item);
     }
 
@@ -531,6 +549,24 @@ impl RegionState {
                 // Never early, even if the clock stepped back since the item was due.
                 self.push_waiting(item);
                 continue;
+            }
+            // Never early in true time either: the clock guard allows a start only once
+            // this clock, corrected by its measured offset and bound, has passed it.
+            match self.deps.guard.can_fire(item.start_at) {
+                Decision::Fire => {}
+                Decision::Wait { until_local } => {
+                    self.stats.gate_waits += 1;
+                    self.push_waiting_at(item, until_local.max(now));
+                    continue;
+                }
+                Decision::Closed { .. } => {
+                    self.stats.gate_waits += 1;
+                    self.push_waiting_at(
+                        item,
+                        now + chrono::Duration::from_std(GATE_RECHECK).expect("small"),
+                    );
+                    continue;
+                }
             }
             let worker = self.idle.pop().expect("at most as many as idle workers");
             let cancel = CancellationToken::new();

@@ -41,6 +41,8 @@ const RETRY_AFTER: Duration = Duration::from_millis(20);
 const PENDING_MAX: usize = 100_000;
 /// Jobs read per page while loading the index.
 const LOAD_PAGE_MAX: usize = 10_000;
+/// How often a closed clock gate is looked at again.
+const GATE_RECHECK: Duration = Duration::from_millis(100);
 /// How long the owner trusts its view of which regions have a live node.
 const LIVE_REGIONS_TTL: Duration = Duration::from_secs(1);
 
@@ -75,6 +77,7 @@ pub struct Status {
     pub pending_dispatches: usize,
     pub claimed: u64,
     pub missed: u64,
+    pub gated: u64,
     pub dispatched: u64,
     pub recovered: u64,
 }
@@ -88,6 +91,7 @@ pub struct OwnerState {
     /// Regions with a live node, and when that was read (mesh mode).
     live: Option<(Timestamp, Vec<RegionId>)>,
     term_watch: Option<JoinHandle<()>>,
+    jump_watch: Option<JoinHandle<()>>,
     index: Index,
     pending: VecDeque<Dispatch>,
     timer: Option<JoinHandle<()>>,
@@ -106,6 +110,9 @@ impl Drop for OwnerState {
             w.abort();
         }
         if let Some(w) = self.term_watch.take() {
+            w.abort();
+        }
+        if let Some(w) = self.jump_watch.take() {
             w.abort();
         }
     }
@@ -143,6 +150,16 @@ impl Actor for ScheduleOwner {
             .await?;
         // Subscribe before loading, so no change between the load and the watch is lost
         // (upserts are idempotent).
+        // A wall-clock jump: rebuild the index from the scheduled instants (cursors).
+        let mut jumps = deps.guard.jumps();
+        let jump_to = myself.clone();
+        let jump_watch = tokio::spawn(async move {
+            while jumps.changed().await.is_ok() {
+                if jump_to.cast(ScheduleOwnerMsg::Resync).is_err() {
+                    return;
+                }
+            }
+        });
         let mut rx = deps.catalog.watch();
         let watch_to = myself.clone();
         let watch = tokio::spawn(async move {
@@ -169,6 +186,7 @@ impl Actor for ScheduleOwner {
             term,
             live: None,
             term_watch: Some(term_watch),
+            jump_watch: Some(jump_watch),
             index: Index::default(),
             pending: VecDeque::new(),
             timer: None,
@@ -432,6 +450,9 @@ impl OwnerState {
         }
         let cfg = self.deps.config.clone();
         let now = self.deps.clock.now();
+        if !self.deps.guard.is_open() {
+            return self.tick_gated(myself, now).await;
+        }
         let horizon = now + std_to_chrono(cfg.dispatch_lead);
         let plans = self.index.take_due(
             horizon,
@@ -483,6 +504,58 @@ impl OwnerState {
         Ok(())
     }
 
+    /// The clock gate is closed: nothing is claimed to run. Firings due longer ago than
+    /// the gate's grace are recorded `gated`; after the gate stayed closed too long the
+    /// shard is handed to a node with a good clock.
+    async fn tick_gated(
+        &mut self,
+        myself: &ActorRef<ScheduleOwnerMsg>,
+        now: Timestamp,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.deps.guard.resign_due() {
+            warn!(shard = self.shard, epoch = %self.term.epoch, "clock gate closed too long: resigning the shard");
+            if let Err(e) = self.deps.election.resign(self.shard).await {
+                warn!(error = %e, "resigning failed; the lease will expire");
+            }
+            self.term.ended.cancel();
+            myself.stop(Some("clock gate closed too long".into()));
+            return Ok(());
+        }
+        let cfg = self.deps.config.clone();
+        let horizon = now - std_to_chrono(cfg.gate_grace);
+        let mut plans = self.index.take_due(
+            horizon,
+            now,
+            cfg.late_grace,
+            self.term.epoch,
+            cfg.owner_batch_max,
+        );
+        for plan in &mut plans {
+            for run in &mut plan.runs {
+                if run.state == State::Queued {
+                    *run = run.clone().not_run(
+                        State::Gated,
+                        format!(
+                            "this node's clock could not be trusted for {} s (clock gate closed)",
+                            cfg.gate_grace.as_secs()
+                        ),
+                    );
+                }
+            }
+        }
+        if !plans.is_empty() && self.term.is_live() {
+            if let Err(e) = self.claim(plans).await {
+                warn!(error = %e, "recording gated firings failed; retrying");
+            }
+        } else {
+            for plan in &plans {
+                self.index.restore(&plan.job.uid, plan.from);
+            }
+        }
+        self.arm(myself, now + std_to_chrono(GATE_RECHECK));
+        Ok(())
+    }
+
     async fn claim(&mut self, plans: Vec<Plan>) -> Result<(), Error> {
         let mut claims = Vec::new();
         for plan in &plans {
@@ -508,8 +581,10 @@ impl OwnerState {
                         let fresh = inserted[i];
                         i += 1;
                         self.stats.claimed += 1;
-                        if run.state == State::Missed {
-                            self.stats.missed += 1;
+                        match run.state {
+                            State::Missed => self.stats.missed += 1,
+                            State::Gated => self.stats.gated += 1,
+                            _ => {}
                         }
                         // Not fresh: claimed by an earlier term, which recovery handles.
                         if !fresh || run.state != State::Queued {

@@ -129,6 +129,12 @@ impl Clock for SystemClock {
         wall_now()
     }
 
+    fn monotonic(&self) -> Duration {
+        static ORIGIN: OnceLock<tokio::time::Instant> = OnceLock::new();
+        let origin = *ORIGIN.get_or_init(monotonic_now);
+        monotonic_now().saturating_duration_since(origin)
+    }
+
     async fn sleep_until(&self, t: Timestamp) {
         loop {
             let now = wall_now();

@@ -567,9 +567,23 @@ pub fn run_out(r: &Run, tz: Tz) -> pb::Run {
 
 // ------------------------------------------------------------------ node
 
+pub fn clock_out(g: &crate::actors::clock_guardian::GuardStatus) -> pb::ClockStatus {
+    pb::ClockStatus {
+        gate_open: g.open,
+        reason: g.reason.clone(),
+        since: g.since.map(timestamp_out),
+        offset_us: g.offset_us,
+        bound_us: g.bound_us,
+        sources: g.sources.clone(),
+        no_source: g.no_source,
+        jumps: g.jumps,
+    }
+}
+
 pub fn node_status_out(node: &str, regions: &[RegionId], s: &NodeStatus) -> pb::NodeStatus {
     let owners = &s.owners;
     pb::NodeStatus {
+        clock: None,
         node: node.to_owned(),
         regions: regions.iter().map(ToString::to_string).collect(),
         // The newest epoch among the shards this node owns (0: it owns none).

@@ -49,6 +49,8 @@ pub struct Context {
     pub membership: Option<Arc<dyn Membership>>,
     /// Schedule shards of the cluster.
     pub shards: u32,
+    /// This node's clock guard.
+    pub guard: Arc<crate::actors::clock_guardian::GuardHandle>,
 }
 
 /// Largest request accepted (a job's body and headers are capped far below it by

@@ -579,6 +579,7 @@ impl Service {
                 node: self.ctx.node.to_string(),
                 regions: status.regions.clone(),
                 endpoint: String::new(),
+                clock: status.clock.clone(),
             }];
             out.shards = vec![pb::ShardOwner {
                 shard: 0,
@@ -604,6 +605,7 @@ impl Service {
                         node: m.node.to_string(),
                         regions: Vec::new(),
                         endpoint: m.endpoint.clone(),
+                        clock: None,
                     });
                 n.regions.push(region.to_string());
             }
@@ -620,6 +622,25 @@ impl Service {
         }
         out.regions.sort_by(|a, b| a.name.cmp(&b.name));
         out.nodes = nodes.into_values().collect();
+        // Each node's clock, as it reports it (asked in parallel, briefly).
+        let asks: Vec<_> = out
+            .nodes
+            .iter()
+            .map(|n| {
+                let me = n.node == self.ctx.node.as_str();
+                let endpoint = n.endpoint.clone();
+                let guard = self.ctx.guard.clone();
+                tokio::spawn(async move {
+                    if me {
+                        return Some(convert::clock_out(&guard.status()));
+                    }
+                    peer_clock(&endpoint).await
+                })
+            })
+            .collect();
+        for (n, ask) in out.nodes.iter_mut().zip(asks) {
+            n.clock = ask.await.ok().flatten();
+        }
         for shard in 0..self.ctx.shards.max(1) {
             let owner = self.ctx.election.owner_of(shard).await?;
             out.shards.push(match owner {
@@ -645,14 +666,37 @@ impl Service {
             .call(NodeSupervisorMsg::Status, Some(CALL_TIMEOUT))
             .await
         {
-            Ok(CallResult::Success(status)) => Ok(convert::node_status_out(
-                self.ctx.node.as_str(),
-                &self.ctx.regions,
-                &status,
-            )),
+            Ok(CallResult::Success(status)) => {
+                let mut out =
+                    convert::node_status_out(self.ctx.node.as_str(), &self.ctx.regions, &status);
+                out.clock = Some(convert::clock_out(&self.ctx.guard.status()));
+                Ok(out)
+            }
             _ => Err(Error::Actor("the node supervisor did not answer".into())),
         }
     }
+}
+
+/// How long the cluster status waits for a peer's own status.
+const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// A peer's clock guard status through its API (None if it does not answer in time).
+async fn peer_clock(endpoint: &str) -> Option<pb::ClockStatus> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .ok()?
+        .connect_timeout(PEER_STATUS_TIMEOUT)
+        .timeout(PEER_STATUS_TIMEOUT);
+    let channel = tokio::time::timeout(PEER_STATUS_TIMEOUT, channel.connect())
+        .await
+        .ok()?
+        .ok()?;
+    let mut client = pb::scheduler_client::SchedulerClient::new(channel);
+    client
+        .get_node_status(pb::GetNodeStatusRequest {})
+        .await
+        .ok()?
+        .into_inner()
+        .clock
 }
 
 fn answer<T>(r: Result<T>) -> std::result::Result<Response<T>, Status> {

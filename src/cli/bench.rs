@@ -139,6 +139,7 @@ async fn fire(args: FireArgs) -> anyhow::Result<()> {
             ..Options::default()
         },
         mesh: None,
+        guard: Default::default(),
     };
     // Load straight into the store (as an import would), then start the node, whose
     // owner indexes everything at start.

@@ -293,6 +293,7 @@ pub fn status_json(s: &pb::NodeStatus) -> Value {
         "jobs_indexed": s.jobs_indexed,
         "next_due": time_utc(s.next_due.as_ref()),
         "pending_dispatches": s.pending_dispatches,
+        "clock": clock_json(s.clock.as_ref()),
         "region_status": s.region_status.iter().map(|r| json!({
             "region": r.region,
             "workers": r.workers,
@@ -308,6 +309,42 @@ pub fn status_json(s: &pb::NodeStatus) -> Value {
     })
 }
 
+pub fn clock_json(c: Option<&pb::ClockStatus>) -> Value {
+    let Some(c) = c else { return Value::Null };
+    json!({
+        "gate": if c.gate_open { "open" } else { "closed" },
+        "reason": c.reason,
+        "since": utc(c.since.as_ref()),
+        "offset_us": c.offset_us,
+        "bound_us": c.bound_us,
+        "sources": c.sources,
+        "no_source": c.no_source,
+        "jumps": c.jumps,
+    })
+}
+
+/// `open`, `closed (reason)`, or `?` when the node did not say.
+fn gate_text(c: Option<&pb::ClockStatus>) -> String {
+    match c {
+        None => "?".into(),
+        Some(c) if c.gate_open && c.no_source => "open (no source)".into(),
+        Some(c) if c.gate_open => "open".into(),
+        Some(c) => format!("closed ({})", c.reason),
+    }
+}
+
+/// Offset ± bound in milliseconds.
+fn skew_text(c: Option<&pb::ClockStatus>) -> String {
+    match c {
+        Some(c) if !c.no_source => format!(
+            "{:+.1} ± {:.1} ms",
+            c.offset_us as f64 / 1000.0,
+            c.bound_us as f64 / 1000.0
+        ),
+        _ => "-".into(),
+    }
+}
+
 pub fn cluster_json(s: &pb::ClusterStatus) -> Value {
     json!({
         "mode": s.mode,
@@ -321,6 +358,7 @@ pub fn cluster_json(s: &pb::ClusterStatus) -> Value {
             "node": n.node,
             "regions": n.regions,
             "endpoint": n.endpoint,
+            "clock": clock_json(n.clock.as_ref()),
         })).collect::<Vec<_>>(),
         "shards": s.shards.iter().map(|o| json!({
             "shard": o.shard,
@@ -665,9 +703,29 @@ impl Printer {
         let rows: Vec<Vec<String>> = s
             .nodes
             .iter()
-            .map(|n| vec![n.node.clone(), n.regions.join(", "), n.endpoint.clone()])
+            .map(|n| {
+                vec![
+                    n.node.clone(),
+                    n.regions.join(", "),
+                    n.endpoint.clone(),
+                    gate_text(n.clock.as_ref()),
+                    skew_text(n.clock.as_ref()),
+                ]
+            })
             .collect();
-        print!("{}", table(&["NODE", "REGIONS", "ENDPOINT"], &rows));
+        print!(
+            "{}",
+            table(
+                &[
+                    "NODE",
+                    "REGIONS",
+                    "ENDPOINT",
+                    "CLOCK GATE",
+                    "OFFSET ± BOUND"
+                ],
+                &rows
+            )
+        );
         println!();
         let rows: Vec<Vec<String>> = s
             .shards
@@ -705,6 +763,8 @@ impl Printer {
             ("jobs indexed", s.jobs_indexed.to_string()),
             ("next due", local_and_utc(s.next_due.as_ref())),
             ("pending dispatches", s.pending_dispatches.to_string()),
+            ("clock gate", gate_text(s.clock.as_ref())),
+            ("clock offset", skew_text(s.clock.as_ref())),
         ];
         print!("{}", fields(&pairs));
         let rows: Vec<Vec<String>> = s

@@ -11,6 +11,7 @@ use tracing::info;
 
 use crate::actors::Config;
 use crate::adapters::embedded::Options;
+use crate::core::clock_guard::GuardConfig;
 use crate::core::ids::{NodeId, RegionId, validate_id};
 use crate::core::owner::SHARDS_MAX;
 use crate::node::{Mesh, Node, Settings};
@@ -70,8 +71,22 @@ pub struct ServeArgs {
     pub advertise: Option<String>,
     /// Mesh mode: seconds a dispatch may stay unacknowledged (its run not settled)
     /// before another node of its region takes it over.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 10)]
     pub visibility_timeout_s: u64,
+
+    /// Clock guard: the gate closes when this node's clock may be off by more than
+    /// this many milliseconds (|offset| + bound, measured against Redis TIME in mesh
+    /// mode). Smaller catches worse clocks sooner; larger tolerates slower time
+    /// sources.
+    #[arg(long, env = "MERIDIAN_MAX_SKEW_MS", default_value_t = 250)]
+    pub max_skew_ms: u64,
+    /// Clock guard: an owner whose gate stays closed this long hands its shards over.
+    #[arg(long, default_value_t = 30)]
+    pub clock_resign_after_s: u64,
+    /// Clock guard: due firings wait at a closed gate this long, then are recorded
+    /// `gated`.
+    #[arg(long, default_value_t = 30)]
+    pub gate_grace_s: u64,
 }
 
 /// A region file: `regions/<name>.toml`.
@@ -160,8 +175,25 @@ impl ServeArgs {
             })
         };
         let shards = if mesh.is_some() { self.shards } else { 1 };
+        anyhow::ensure!(
+            (1..=60_000).contains(&self.max_skew_ms),
+            "--max-skew-ms must be between 1 and 60000"
+        );
+        anyhow::ensure!(
+            (1..=3600).contains(&self.clock_resign_after_s),
+            "--clock-resign-after-s must be between 1 and 3600"
+        );
+        anyhow::ensure!(
+            (1..=86_400).contains(&self.gate_grace_s),
+            "--gate-grace-s must be between 1 and 86400"
+        );
         Ok(Settings {
             mesh,
+            guard: GuardConfig {
+                skew_max: Duration::from_millis(self.max_skew_ms),
+                closed_max: Duration::from_secs(self.clock_resign_after_s),
+                ..GuardConfig::default()
+            },
             node: NodeId(node),
             data_dir: self.data_dir.clone(),
             listen: self.listen,
@@ -171,6 +203,7 @@ impl ServeArgs {
                 shutdown_grace: Duration::from_secs(self.shutdown_grace_s),
                 dispatch_lead: Duration::from_millis(self.dispatch_lead_ms.clamp(1, 60_000)),
                 shards,
+                gate_grace: Duration::from_secs(self.gate_grace_s),
                 ..Config::default()
             },
             store: Options {

@@ -33,6 +33,7 @@
 
 mod queue;
 mod run_log;
+mod time;
 
 use super::instant::{biased_ns, from_biased_ns};
 use std::collections::HashMap;
@@ -43,6 +44,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use queue::{Delivery, Queue, QueueOptions};
 pub use run_log::{RunLog, RunLogOptions};
+pub use time::RedisTime;
 
 use crate::core::Timestamp;
 use crate::core::ids::Epoch;
