@@ -1,7 +1,8 @@
 //! Tidy: repository rules that no compiler checks.
 //! - every source file opens with a `//!` header saying what it owns;
 //! - `src/core` imports no tokio, IO, network, storage or proto types, and reads no clock;
-//! - no ambient clock reads outside the clock adapter.
+//! - no ambient clock reads outside the clock adapter;
+//! - no ambient randomness in the code the simulator runs.
 
 use std::path::{Path, PathBuf};
 
@@ -105,4 +106,32 @@ fn clock_reads_only_in_the_clock_adapter() {
         }
     }
     assert!(bad.is_empty(), "ambient clock reads: {bad:#?}");
+}
+
+/// The code the simulator runs (core, actors, the sim adapters, the simulator) draws no
+/// ambient randomness and never blocks a thread: a seed must replay the same run.
+#[test]
+fn simulated_code_has_no_ambient_randomness() {
+    let mut bad = Vec::new();
+    for dir in ["src/core", "src/actors", "src/sim", "src/adapters/sim"] {
+        if !Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).exists() {
+            continue;
+        }
+        for f in files(dir) {
+            let code = production_code(&std::fs::read_to_string(&f).unwrap());
+            for b in [
+                "new_v4",
+                "thread_rng",
+                "rand::",
+                "RandomState::new",
+                "std::thread::sleep",
+                "getrandom",
+            ] {
+                if code.contains(b) {
+                    bad.push(format!("{}: {b}", f.display()));
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "ambient randomness or blocking: {bad:#?}");
 }

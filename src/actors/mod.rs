@@ -49,6 +49,10 @@ pub struct Config {
     /// How long due firings wait at a closed clock gate before the owner records them
     /// `gated`.
     pub gate_grace: Duration,
+    /// Test-only (the simulator's planted bug): owners ignore the end of their term and
+    /// keep firing. Never set outside `meridian::sim` tests.
+    #[doc(hidden)]
+    pub planted_stale_owner: bool,
 }
 
 impl Default for Config {
@@ -64,6 +68,7 @@ impl Default for Config {
             restarts_per_minute_max: 1_000,
             shards: 1,
             gate_grace: Duration::from_secs(30),
+            planted_stale_owner: false,
         }
     }
 }

@@ -104,6 +104,14 @@ struct InFlight {
     running: bool,
 }
 
+/// What a region does with a run whose holder is gone.
+enum Adoption {
+    /// The attempt was running: record it lost, retry per policy.
+    Lost { why: String, attempt: u32 },
+    /// The run waits for a retry: schedule it here.
+    Resume(crate::core::run::Run),
+}
+
 /// An item whose start is being recorded, with the worker kept for it.
 pub struct Reserved {
     worker: ActorRef<WorkerMsg>,
@@ -657,14 +665,29 @@ impl RegionState {
                     if reserved && let Some((w, _)) = self.busy.remove(&id) {
                         self.idle.push(w);
                     }
-                    if matches!(done, Done::Refused(Refusal::AlreadyStarted))
-                        && let Some(why) = self.orphaned(&r.item).await
-                    {
-                        self.stats.orphans += 1;
-                        warn!(region = %self.region, firing = %r.item.dispatch.run.firing, attempt = r.item.attempt, %why, "attempt's node is gone");
-                        self.worker_lost(*r.item, &why).await;
+                    let adoption = if matches!(done, Done::Refused(Refusal::AlreadyStarted)) {
+                        self.adopt(&r.item).await
                     } else {
-                        self.finished(*r.item, done).await;
+                        None
+                    };
+                    let mut item = *r.item;
+                    match adoption {
+                        Some(Adoption::Lost { why, attempt }) => {
+                            self.stats.orphans += 1;
+                            warn!(region = %self.region, firing = %item.dispatch.run.firing, attempt, %why, "attempt's node is gone");
+                            item.attempt = attempt;
+                            self.worker_lost(item, &why).await;
+                        }
+                        Some(Adoption::Resume(run)) => {
+                            self.stats.orphans += 1;
+                            warn!(region = %self.region, firing = %run.firing, "retry left waiting by a node that is gone; scheduling it here");
+                            item.attempt = run.next_attempt_number();
+                            item.start_at = run.next_start_at();
+                            item.dispatch.run = run;
+                            self.held.fetch_add(1, Ordering::Relaxed);
+                            self.push_waiting(item);
+                        }
+                        None => self.finished(item, done).await,
                     }
                 }
             }
@@ -685,8 +708,13 @@ impl RegionState {
             }
         );
         // A start or end the log did not record: leave the delivery unacknowledged, so
-        // the queue hands it out again (the embedded store's recovery settles it).
-        let recorded = !matches!(&done, Done::Error(_));
+        // the queue hands it out again (the embedded store's recovery settles it). A
+        // start refused as already started: a live node holds the run, and acknowledges
+        // the delivery when it is done with it.
+        let recorded = !matches!(
+            &done,
+            Done::Error(_) | Done::Refused(Refusal::AlreadyStarted)
+        );
         match done {
             Done::Ended {
                 state,
@@ -748,10 +776,11 @@ impl RegionState {
         }
     }
 
-    /// A start refused as already started: was that attempt started by a node that is
-    /// gone (this node's earlier life, or a node no longer a live member of this
-    /// region), and so will never end? Then say why.
-    async fn orphaned(&self, item: &Item) -> Option<String> {
+    /// A start refused as already started: is the run held by a node that is gone
+    /// (this node's earlier life, or a node no longer a live member of this region)?
+    /// Then this region adopts it: an attempt left running is recorded lost (and
+    /// retried per policy), a retry left waiting is scheduled here.
+    async fn adopt(&self, item: &Item) -> Option<Adoption> {
         let run = self
             .deps
             .runs
@@ -759,24 +788,34 @@ impl RegionState {
             .await
             .ok()??;
         let last = run.attempts.last()?;
-        if run.state != State::Running || last.number != item.attempt || last.finished_at.is_some()
-        {
+        let waiting_retry = run.state == State::RetryWait;
+        let running = run.state == State::Running && last.finished_at.is_none();
+        if !waiting_retry && !running {
             return None;
         }
-        if last.node == self.deps.node {
-            // Nothing here runs it (this region holds the firing only once): it was
-            // started by this node before it restarted.
-            return Some(format!("{} restarted while the attempt ran", last.node));
-        }
-        let membership = self.deps.membership.as_ref()?;
-        let members = membership.members(&self.region).await.ok()?;
-        if members.iter().any(|m| m.node == last.node) {
-            return None;
-        }
-        Some(format!(
-            "{} is no longer a live member of {}",
-            last.node, self.region
-        ))
+        let gone = if last.node == self.deps.node {
+            // Nothing here holds it (a region holds a firing once): it was started by
+            // this node before it restarted.
+            format!("{} restarted while it held the run", last.node)
+        } else {
+            let membership = self.deps.membership.as_ref()?;
+            let members = membership.members(&self.region).await.ok()?;
+            if members.iter().any(|m| m.node == last.node) {
+                return None;
+            }
+            format!(
+                "{} is no longer a live member of {}",
+                last.node, self.region
+            )
+        };
+        Some(if running {
+            Adoption::Lost {
+                why: gone,
+                attempt: last.number,
+            }
+        } else {
+            Adoption::Resume(run)
+        })
     }
 
     async fn worker_lost(&mut self, item: Item, why: &str) {
