@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::disallowed_methods)] // tests may read the real clock
 
 pub mod etcd;
+pub mod mesh;
 pub mod process;
 pub mod redis;
 
