@@ -6,6 +6,7 @@ pub mod etcd;
 pub mod mesh;
 pub mod process;
 pub mod redis;
+pub mod skew;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
