@@ -1,6 +1,7 @@
 //! The catalog contract: one suite, `catalog_contract`, run against every `Catalog`
-//! adapter (the embedded redb store and the etcd catalog on a real etcd), so they cannot
-//! drift. It checks only what the port promises; it must not reach into an adapter.
+//! adapter (the embedded redb store, the etcd catalog on a real etcd, and the simulator's
+//! in-memory catalog), so they cannot drift. It checks only what the port promises; it
+//! must not reach into an adapter.
 #![allow(clippy::disallowed_methods)] // tests may read the real clock
 
 mod common;
@@ -11,9 +12,10 @@ use std::time::Duration;
 use chrono::TimeZone;
 use meridian::adapters::embedded::{Options, Store};
 use meridian::adapters::etcd::{Catalog as EtcdCatalog, CatalogOptions, Config, Connection};
+use meridian::adapters::sim::World;
 use meridian::core::Timestamp;
 use meridian::core::action::Action;
-use meridian::core::ids::{JobName, RegionId};
+use meridian::core::ids::{JobName, NodeId, RegionId};
 use meridian::core::job::Job;
 use meridian::core::policy::Policies;
 use meridian::core::schedule::{Kind, ScheduleSpec};
@@ -300,4 +302,13 @@ async fn etcd_catalog_keeps_the_catalog_contract() {
     })
     .await
     .expect("contract within time");
+}
+
+#[tokio::test(start_paused = true)]
+async fn sim_catalog_keeps_the_catalog_contract() {
+    let world = World::new(t(0));
+    let catalog = world.node(&NodeId::from("n1")).catalog();
+    tokio::time::timeout(TEST_WITHIN, catalog_contract(catalog.as_ref()))
+        .await
+        .expect("contract within time");
 }

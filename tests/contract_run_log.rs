@@ -1,9 +1,10 @@
 //! The run log contract: one suite, `run_log_contract`, run against every `RunLog`
-//! adapter (the embedded redb store, and the Redis run log on a real redis-server), so
-//! they cannot drift. It checks only what the port promises (idempotent claims, fencing,
-//! one start per attempt, first end stands, only the latest attempt sets the state,
-//! terminal runs never change, retention, listing order and pages, the unfinished
-//! index, max-only cursors); it must not reach into an adapter.
+//! adapter (the embedded redb store, the Redis run log on a real redis-server, and the
+//! simulator's in-memory log), so they cannot drift. It checks only what the port
+//! promises (idempotent claims, fencing, one start per attempt, first end stands, only
+//! the latest attempt sets the state, terminal runs never change, retention, listing
+//! order and pages, the unfinished index, max-only cursors); it must not reach into an
+//! adapter.
 
 #![allow(clippy::disallowed_methods)] // tests may read the real clock
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 use chrono::TimeZone;
 use meridian::adapters::embedded::{Options, Store};
 use meridian::adapters::redis::{Config, RunLog as RedisRunLog, RunLogOptions};
+use meridian::adapters::sim::World;
 use meridian::core::Timestamp;
 use meridian::core::action::Action;
 use meridian::core::ids::{Epoch, FiringId, JobName, NodeId};
@@ -655,6 +657,25 @@ async fn redis_run_log_keeps_the_run_log_contract() {
             ],
         };
         run_log_contract(&log, &fx).await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+#[tokio::test(start_paused = true)]
+async fn sim_run_log_keeps_the_run_log_contract() {
+    tokio::time::timeout(TEST_WITHIN, async {
+        let world = World::new(t(0));
+        let log = world.node(&NodeId::from("n1")).run_log_with_retention(KEEP);
+        let fx = Fixture {
+            jobs: [
+                job("rules"),
+                job("retention"),
+                job("listing"),
+                job("cursors"),
+            ],
+        };
+        run_log_contract(log.as_ref(), &fx).await;
     })
     .await
     .expect("within the time limit");

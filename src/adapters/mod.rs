@@ -8,6 +8,7 @@ pub mod embedded;
 pub mod etcd;
 pub mod instant;
 pub mod redis;
+pub mod sim;
 
 /// The production executors behind the `Executor` port.
 #[async_trait::async_trait]
