@@ -7,7 +7,8 @@
 //! - [`ports`]: the capabilities the actors need (clock, catalog, run log, election,
 //!   dispatch queues, executors), as traits.
 //! - [`adapters`]: one implementation of the ports per technology (`embedded`: redb +
-//!   in-process queues + local election; the system clock).
+//!   in-process queues + local election; `etcd` and `redis` for the mesh; `sim`: in
+//!   memory, virtual time, fault hooks; the system clock).
 //! - [`actors`]: the ractor shell: node supervisor, schedule owner, region
 //!   supervisors with their worker pools, workers.
 //! - [`exec`]: action executors: HTTP webhook and command.
@@ -16,6 +17,8 @@
 //! - [`cli`]: the `meridian` command: the server (`serve`), the client commands, the
 //!   benchmark.
 //! - [`node`]: wiring: builds a node from its settings and runs it until shutdown.
+//! - [`sim`]: `meridian simulate`: seeded chaos runs over the `sim` adapters, with the
+//!   guarantees checked as invariants.
 
 pub mod actors;
 pub mod adapters;
@@ -25,3 +28,4 @@ pub mod core;
 pub mod exec;
 pub mod node;
 pub mod ports;
+pub mod sim;

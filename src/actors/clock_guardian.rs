@@ -173,6 +173,7 @@ pub fn spawn(
                 }
             }
             tokio::select! {
+            biased;
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(TICK_EVERY) => {}
             }

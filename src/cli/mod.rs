@@ -76,6 +76,9 @@ pub enum Cmd {
     Preview(PreviewArgs),
     /// Show the node's status: regions, owner term, queues and workers.
     Status,
+    /// Deterministic chaos runs of a scenario (simulations/*.toml) in virtual time,
+    /// with the guarantees checked; exits 1 on a violation and prints how to replay it.
+    Simulate(crate::sim::SimulateArgs),
     /// The cluster: regions and their live nodes, shard owners, epochs, leases.
     Cluster {
         #[command(subcommand)]
@@ -95,6 +98,7 @@ impl Cmd {
     fn default_log(&self) -> &'static str {
         match self {
             Cmd::Serve(_) | Cmd::Bench { .. } => "info",
+            Cmd::Simulate(_) => "error",
             _ => "warn",
         }
     }
@@ -142,6 +146,23 @@ async fn run(cli: Cli) -> ExitCode {
     };
     let server_side = match cli.command {
         Cmd::Serve(args) => serve::serve(args).await,
+        Cmd::Simulate(args) => {
+            let json = ctx.output == Output::Json;
+            // The simulator builds its own (virtual-time) runtime per seed.
+            return match tokio::task::spawn_blocking(move || crate::sim::simulate(args, json)).await
+            {
+                Ok(Ok(true)) => ExitCode::from(EXIT_OK),
+                Ok(Ok(false)) => ExitCode::from(EXIT_FAILURE),
+                Ok(Err(e)) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(EXIT_INVALID)
+                }
+                Err(e) => {
+                    eprintln!("error: the simulation panicked: {e}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            };
+        }
         Cmd::Bench { cmd } => bench::run(cmd).await,
         Cmd::Jobs { cmd } => return client::finish(client::jobs(&ctx, cmd).await),
         Cmd::Runs { cmd } => return client::finish(client::runs(&ctx, cmd).await),
