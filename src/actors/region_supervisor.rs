@@ -68,6 +68,9 @@ pub enum RegionSupervisorMsg {
     /// cancel them; answer when no attempt runs.
     Drain(std::time::Duration, RpcReplyPort<()>),
     Status(RpcReplyPort<Status>),
+    /// Mesh mode, right after start: take back the runs this node held in its previous
+    /// life (same node name), which no other node will adopt while it is a member.
+    AdoptLeftovers,
 }
 
 /// What a region supervisor shows about itself.
@@ -90,6 +93,9 @@ pub struct Status {
     pub orphans: u64,
     /// Starts the clock guard held back (early by the corrected clock, or gate closed).
     pub gate_waits: u64,
+    /// Items handed back to the region's queue because this node's clock gate was
+    /// closed.
+    pub handed_back: u64,
     /// The highest epoch seen per shard.
     pub epoch_seen: HashMap<u32, Epoch>,
 }
@@ -136,6 +142,8 @@ pub struct RegionState {
     /// Firings held here (from delivery until their run is settled here), with the
     /// queue ids that acknowledge their deliveries then.
     owed: HashMap<FiringId, Vec<String>>,
+    /// Items to hand back to the queue (clock gate closed), settled after `assign`.
+    handed_back: Vec<Item>,
     /// Items held here (waiting, ready, buffered): the puller stops past the limit.
     held: Arc<AtomicUsize>,
     puller_stop: CancellationToken,
@@ -189,6 +197,9 @@ impl Actor for RegionSupervisor {
             puller_stop.clone(),
         );
         info!(region = %region, workers = idle.len(), "region supervisor started");
+        if deps.membership.is_some() {
+            let _ = myself.cast(RegionSupervisorMsg::AdoptLeftovers);
+        }
         Ok(RegionState {
             stats: Status {
                 region: region.clone(),
@@ -206,6 +217,7 @@ impl Actor for RegionSupervisor {
             busy: HashMap::new(),
             overlap: HashMap::new(),
             owed: HashMap::new(),
+            handed_back: Vec::new(),
             held,
             puller_stop,
             timer: None,
@@ -252,6 +264,10 @@ impl Actor for RegionSupervisor {
             }
             RegionSupervisorMsg::Drain(grace, reply) => {
                 state.drain(&myself, grace, reply);
+            }
+            RegionSupervisorMsg::AdoptLeftovers => {
+                state.adopt_leftovers().await;
+                state.wake(&myself).await;
             }
             RegionSupervisorMsg::Status(reply) => {
                 let mut s = state.stats.clone();
@@ -423,6 +439,17 @@ impl RegionState {
             }
         }
         self.assign(myself);
+        for item in std::mem::take(&mut self.handed_back) {
+            self.release(1);
+            self.stats.handed_back += 1;
+            self.finished(
+                item,
+                Done::Error(
+                    "this node's clock gate is closed: handed back to the region's queue".into(),
+                ),
+            )
+            .await;
+        }
         if let Some(&Reverse((at, _))) = self.waiting.peek()
             && self.timer_at != Some(at)
         {
@@ -448,9 +475,14 @@ impl RegionState {
     /// An item's instant has come: apply the job's overlap policy.
     async fn due(&mut self, item: Item) {
         let d = &item.dispatch;
-        if item.attempt > 1 {
-            // A retry: its run already holds its place under the overlap policy (the
-            // policy counts runs, not attempts).
+        let held_here = self
+            .overlap
+            .get(&d.job.uid)
+            .is_some_and(|s| s.running().contains(&d.run.firing));
+        if item.attempt > 1 && held_here {
+            // A retry: its run already holds its place under the overlap policy here
+            // (the policy counts runs, not attempts). A retry this region took over
+            // (recovery, adoption) meets the policy like any due firing.
             self.ready.push_back(item);
             return;
         }
@@ -589,11 +621,10 @@ impl RegionState {
                     continue;
                 }
                 Decision::Closed { .. } => {
+                    // This clock cannot be trusted now: hand the item back to the
+                    // region's queue (unacknowledged) for a node whose clock can.
                     self.stats.gate_waits += 1;
-                    self.hold_back(
-                        item,
-                        now + chrono::Duration::from_std(GATE_RECHECK).expect("small"),
-                    );
+                    self.handed_back.push(item);
                     continue;
                 }
             }
@@ -778,7 +809,7 @@ impl RegionState {
                 }
             }
             Done::Error(e) => {
-                warn!(firing = %firing, error = %e, "attempt not recorded; recovery will settle it");
+                warn!(firing = %firing, reason = %e, "attempt not started here; its delivery stays unacknowledged for another node or recovery");
             }
         }
         if !run_over {
@@ -837,6 +868,60 @@ impl RegionState {
         } else {
             Adoption::Resume(run)
         })
+    }
+
+    /// Runs of this region whose last attempt this node started before it restarted:
+    /// an attempt left running is recorded lost (and retried per policy), a retry left
+    /// waiting is scheduled here. Their deliveries, if redelivered, fold into these.
+    async fn adopt_leftovers(&mut self) {
+        let runs = match self.deps.runs.unfinished().await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(region = %self.region, error = %e, "reading unfinished runs failed; leftovers are adopted by their queue's redelivery");
+                return;
+            }
+        };
+        for run in runs {
+            if run.job.region != self.region || self.owed.contains_key(&run.firing) {
+                continue;
+            }
+            let Some(last) = run.attempts.last() else {
+                continue;
+            };
+            if last.node != self.deps.node {
+                continue;
+            }
+            let job = match self.deps.catalog.get_job(&run.job).await {
+                Ok(Some(j)) if j.uid == run.job_uid => Arc::new(j),
+                _ => continue,
+            };
+            self.stats.orphans += 1;
+            let shard = crate::core::owner::shard_of(&job.uid, self.deps.config.shards);
+            let number = last.number;
+            let running = run.state == State::Running && last.finished_at.is_none();
+            let mut item = Item {
+                dispatch: Dispatch {
+                    epoch: run.epoch,
+                    shard,
+                    job,
+                    run: run.clone(),
+                },
+                attempt: number,
+                start_at: run.next_start_at(),
+            };
+            self.owed.insert(run.firing, Vec::new());
+            if running {
+                warn!(region = %self.region, firing = %run.firing, attempt = number, "attempt was running when this node restarted: outcome unknown");
+                self.worker_lost(item, "this node restarted while the attempt ran")
+                    .await;
+            } else if run.state == State::RetryWait {
+                item.attempt = run.next_attempt_number();
+                self.held.fetch_add(1, Ordering::Relaxed);
+                self.push_waiting(item);
+            } else {
+                self.owed.remove(&run.firing);
+            }
+        }
     }
 
     async fn worker_lost(&mut self, item: Item, why: &str) {

@@ -335,6 +335,8 @@ impl OwnerState {
         let now = self.deps.clock.now();
         // Mesh mode: attempts running on live nodes are theirs to finish (and their
         // region's queue hands them to a peer if that node dies).
+        // Embedded mode: the owner starts with the process, so every attempt found
+        // running was cut off by a stop.
         let mut live_nodes = std::collections::HashSet::new();
         if let Some(m) = &self.deps.membership {
             for region in m.live_regions().await? {
@@ -354,7 +356,11 @@ impl OwnerState {
             };
             if run.state == State::Running {
                 let last = run.attempts.last().expect("running runs have an attempt");
-                if live_nodes.contains(&last.node) && last.node != self.deps.node {
+                // Mesh mode: a live node (this one included: a new term is not a
+                // restart) finishes its own attempts; what a restarted node left is
+                // adopted by its region supervisor, what a dead one left by its
+                // region's queue redelivery.
+                if self.deps.membership.is_some() && live_nodes.contains(&last.node) {
                     continue;
                 }
                 let number = last.number;

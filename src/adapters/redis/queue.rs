@@ -536,13 +536,25 @@ impl DispatchQueue for Queue {
         cancel: &CancellationToken,
     ) -> Result<Vec<Delivery>> {
         let timeout = self.inner.options.visibility_timeout;
-        let mut got = if self.has_buffered(region).await? {
+        let got = if self.has_buffered(region).await? {
             Vec::new()
         } else {
             self.reclaim(region, timeout, max).await?
         };
         if got.is_empty() {
-            got = self.pull_deliveries(region, max, cancel).await?;
+            // One blocking read at most, so the next call reclaims again: entries a
+            // dead (or clock-gated) consumer holds must not wait for new traffic. A
+            // read cut short is kept and finished by the next call.
+            let round = cancel.child_token();
+            let timer = round.clone();
+            let block = self.inner.options.block;
+            let stop_after = tokio::spawn(async move {
+                tokio::time::sleep(block + Duration::from_millis(100)).await;
+                timer.cancel();
+            });
+            let read = self.pull_deliveries(region, max, &round).await;
+            stop_after.abort();
+            return read;
         }
         Ok(got)
     }
