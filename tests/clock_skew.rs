@@ -167,16 +167,9 @@ async fn skewed_ahead_node_never_fires_early_nor_owns() {
 
 /// An owner whose clock steps 5 s ahead resigns within the resign time, a healthy node
 /// takes over, and across it all no firing runs twice or early; firings due meanwhile
-/// run late or are recorded with a reason.
-///
-/// Ignored while a product bug makes it fail in about half the runs: dispatches held by
-/// a node's region when its gate closes (and the batch its puller, already inside a
-/// blocking read, takes after the gate closed) stay pending on that node forever: it
-/// never starts them, and a healthy node only reclaims past the visibility timeout
-/// when a read of its own returns, which a quiet queue never makes happen. Those
-/// firings stay `queued`, neither run nor recorded. Run it with `--ignored`.
+/// run late or are recorded with a reason. (It found that a closed gate held its
+/// items forever and that reclaiming waited for new traffic; both fixed in 9a2420e.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open bug: firings held by a node whose clock gate closed stay queued (see the doc comment)"]
 async fn owner_whose_clock_goes_bad_resigns() {
     let _serial = SERIAL.lock().await;
     bounded(TEST_WITHIN, async {
