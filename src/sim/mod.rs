@@ -71,7 +71,7 @@ pub fn run_seed(scenario: &Scenario, seed: u64, options: &Options) -> anyhow::Re
         scenario.lease_ttl_s,
         scenario.visibility_timeout_s,
     );
-    let report = report::build(&scenario.name, &outcome, &violations);
+    let report = report::build(&scenario.name, scenario.lease_ttl_s, &outcome, &violations);
     Ok(SeedResult {
         report,
         violations,

@@ -35,8 +35,8 @@ pub struct Report {
     pub lateness_p50_ms: f64,
     pub lateness_p99_ms: f64,
     pub lateness_max_ms: f64,
-    /// Per owner change: from the old owner's last claim to the new owner's first,
-    /// milliseconds.
+    /// Per owner change: from the old owner's last sign of life (lease renewal or
+    /// resignation) to the grant to the next owner, milliseconds.
     pub failover_gaps_ms: Vec<i64>,
     pub owner_changes: usize,
     pub faults: Vec<String>,
@@ -59,7 +59,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-pub fn build(scenario: &str, o: &Outcome, violations: &[Violation]) -> Report {
+pub fn build(scenario: &str, lease_ttl_s: u64, o: &Outcome, violations: &[Violation]) -> Report {
     let count = |s: State| o.runs.iter().filter(|r| r.state == s).count();
     let due: BTreeMap<String, crate::core::Timestamp> = o
         .runs
@@ -81,28 +81,24 @@ pub fn build(scenario: &str, o: &Outcome, violations: &[Violation]) -> Report {
         *seen.entry((&e.firing, e.attempt)).or_insert(0usize) += 1;
     }
     let duplicated = seen.values().filter(|n| **n > 1).count();
-    // A failover gap: from the last claim the previous owner of a shard made to the
-    // first claim of the next one (time in which nobody claimed the shard's firings).
+    // A failover gap: from the moment the previous owner of a shard was last known
+    // alive (its lease's last renewal: the expiry minus the TTL; or its resignation) to
+    // the grant to the next owner.
+    let ttl = chrono::Duration::seconds(lease_ttl_s as i64);
     let mut gaps = Vec::new();
-    let mut last_claim: BTreeMap<u32, (u64, crate::core::Timestamp)> = BTreeMap::new();
+    let mut ended: BTreeMap<u32, crate::core::Timestamp> = BTreeMap::new();
     let mut grants = 0;
     for e in &o.trace {
         match e {
-            TraceEvent::TermGranted { .. } => grants += 1,
-            TraceEvent::Claim {
-                at,
-                shard,
-                epoch,
-                accepted: true,
-                runs,
-                ..
-            } if *runs > 0 => {
-                if let Some((prev, t)) = last_claim.get(shard)
-                    && *prev != epoch.0
-                {
-                    gaps.push((*at - *t).num_milliseconds());
+            TraceEvent::TermEnded { at, shard, why, .. } => {
+                let alive_until = if why == "expired" { *at - ttl } else { *at };
+                ended.insert(*shard, alive_until);
+            }
+            TraceEvent::TermGranted { at, shard, .. } => {
+                grants += 1;
+                if let Some(from) = ended.remove(shard) {
+                    gaps.push((*at - from).num_milliseconds().max(0));
                 }
-                last_claim.insert(*shard, (epoch.0, *at));
             }
             _ => {}
         }
