@@ -194,9 +194,16 @@ impl Node {
     ) -> anyhow::Result<Self> {
         let clock = Arc::new(SystemClock);
         let stop = CancellationToken::new();
+        let peers: Option<Arc<dyn crate::ports::PeerClocks>> = ports.membership.as_ref().map(|m| {
+            Arc::new(api::peer_clock::MeshPeers::new(
+                settings.node.clone(),
+                m.clone(),
+            )) as Arc<dyn crate::ports::PeerClocks>
+        });
         let guard = clock_guardian::spawn(
             clock.clone(),
             ports.time_sources.clone(),
+            peers,
             settings.guard.clone(),
             stop.clone(),
         );

@@ -71,6 +71,13 @@ pub trait TimeSource: Send + Sync + 'static {
     async fn time(&self) -> Result<Timestamp>;
 }
 
+/// The clocks of the other live nodes, as time sources for the clock guard.
+#[async_trait]
+pub trait PeerClocks: Send + Sync + 'static {
+    /// Up to `max` live peers (never this node), in a stable order.
+    async fn peers(&self, max: usize) -> Vec<Arc<dyn TimeSource>>;
+}
+
 /// A change to the catalog, in commit order.
 #[derive(Clone, Debug)]
 pub enum CatalogEvent {

@@ -100,6 +100,7 @@ async fn a_panicking_worker_is_replaced_and_its_attempt_recorded() {
         guard: meridian::actors::clock_guardian::spawn(
             Arc::new(SystemClock),
             Vec::new(),
+            None,
             Default::default(),
             tokio_util::sync::CancellationToken::new(),
         ),

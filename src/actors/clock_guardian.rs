@@ -1,8 +1,9 @@
 //! `ClockGuardian`: the shell around the core's clock guard. A task (no mailbox: the
 //! owner and the regions read its state synchronously through a `GuardHandle`) that
 //! ticks the guard every `TICK_EVERY` on both clocks, samples the time sources every
-//! `SAMPLE_EVERY` (and at once after a wall-clock jump), and announces jumps so the
-//! owners rebuild their timer index from the scheduled instants.
+//! `SAMPLE_EVERY` (and at once after a wall-clock jump): the configured ones (Redis
+//! `TIME`) and, when at least `PEERS_MIN` are live, the peers' clocks; and announces
+//! jumps so the owners rebuild their timer index from the scheduled instants.
 //!
 //! Must not decide anything itself: offsets, bounds, the gate and resignation are the
 //! core's (`core::clock_guard`). Must not read the clock except through the `Clock`
@@ -19,7 +20,7 @@ use crate::core::Timestamp;
 use crate::core::clock_guard::{
     Decision, Event, Gate, Guard, GuardConfig, Reading, Sample, SampleError,
 };
-use crate::ports::{Clock, TimeSource};
+use crate::ports::{Clock, PeerClocks, TimeSource};
 
 /// How often the guard compares the wall clock's advance with the monotonic one's.
 const TICK_EVERY: Duration = Duration::from_millis(100);
@@ -27,6 +28,12 @@ const TICK_EVERY: Duration = Duration::from_millis(100);
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Longest one sample may take before it counts as failed.
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Peers sampled per round at most.
+pub const PEERS_MAX: usize = 4;
+/// Peers are sampled only when at least this many are live: with the configured
+/// source, that makes three voters, so one bad clock is outvoted instead of making
+/// every gate close on a tie.
+pub const PEERS_MIN: usize = 2;
 
 /// What the guard shows (status, metrics).
 #[derive(Clone, Debug, Default)]
@@ -52,7 +59,7 @@ pub struct GuardStatus {
 pub struct GuardHandle {
     guard: Mutex<Guard>,
     clock: Arc<dyn Clock>,
-    sources: Vec<String>,
+    sources: Mutex<Vec<String>>,
     jumps: watch::Sender<u64>,
     sample_errors: std::sync::atomic::AtomicU64,
 }
@@ -97,7 +104,7 @@ impl GuardHandle {
         let now = self.reading();
         let guard = self.guard.lock().expect("guard lock");
         let mut s = GuardStatus {
-            sources: self.sources.clone(),
+            sources: self.sources.lock().expect("sources lock").clone(),
             jumps: *self.jumps.borrow(),
             sample_errors: self
                 .sample_errors
@@ -128,6 +135,7 @@ impl GuardHandle {
 pub fn spawn(
     clock: Arc<dyn Clock>,
     sources: Vec<Arc<dyn TimeSource>>,
+    peers: Option<Arc<dyn PeerClocks>>,
     config: GuardConfig,
     stop: CancellationToken,
 ) -> Arc<GuardHandle> {
@@ -139,7 +147,7 @@ pub fn spawn(
     let handle = Arc::new(GuardHandle {
         guard: Mutex::new(Guard::new(config.clone(), names.clone(), start)),
         clock,
-        sources: names,
+        sources: Mutex::new(names),
         jumps: watch::channel(0).0,
         sample_errors: std::sync::atomic::AtomicU64::new(0),
     });
@@ -149,7 +157,15 @@ pub fn spawn(
         loop {
             let now = h.reading();
             if !sources.is_empty() && now.mono >= next_sample {
-                sample_all(&h, &sources, config.round_trip_max).await;
+                let mut round = sources.clone();
+                if let Some(p) = &peers {
+                    let live = p.peers(PEERS_MAX).await;
+                    if live.len() >= PEERS_MIN {
+                        round.extend(live);
+                    }
+                }
+                *h.sources.lock().expect("sources lock") = round.iter().map(|s| s.name()).collect();
+                sample_all(&h, &round, config.round_trip_max).await;
                 next_sample = h.clock.monotonic() + SAMPLE_EVERY;
             }
             let now = h.reading();

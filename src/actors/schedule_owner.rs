@@ -41,6 +41,10 @@ const RETRY_AFTER: Duration = Duration::from_millis(20);
 const PENDING_MAX: usize = 100_000;
 /// Jobs read per page while loading the index.
 const LOAD_PAGE_MAX: usize = 10_000;
+/// Full jobs the owner keeps at hand (mesh mode, where each catalog read is a network
+/// round trip): filled by the load and kept current by the catalog watch; a miss reads
+/// the catalog.
+const JOB_CACHE_MAX: usize = 100_000;
 /// How often a closed clock gate is looked at again.
 const GATE_RECHECK: Duration = Duration::from_millis(100);
 /// How long the owner trusts its view of which regions have a live node.
@@ -90,6 +94,8 @@ pub struct OwnerState {
     term: Term,
     /// Regions with a live node, and when that was read (mesh mode).
     live: Option<(Timestamp, Vec<RegionId>)>,
+    /// Full jobs by uid (mesh mode only; bounded by `JOB_CACHE_MAX`).
+    jobs: HashMap<uuid::Uuid, Arc<Job>>,
     term_watch: Option<JoinHandle<()>>,
     jump_watch: Option<JoinHandle<()>>,
     index: Index,
@@ -185,6 +191,7 @@ impl Actor for ScheduleOwner {
             shard,
             term,
             live: None,
+            jobs: HashMap::new(),
             term_watch: Some(term_watch),
             jump_watch: Some(jump_watch),
             index: Index::default(),
@@ -235,6 +242,7 @@ impl Actor for ScheduleOwner {
             }
             ScheduleOwnerMsg::Resync => {
                 state.index = Index::default();
+                state.jobs.clear();
                 state.load().await?;
                 state.arm(&myself, state.deps.clock.now());
             }
@@ -278,15 +286,20 @@ impl OwnerState {
                 .list_jobs(&filter, after.take(), LOAD_PAGE_MAX)
                 .await?;
             let full = page.len() == LOAD_PAGE_MAX;
+            let n = page.len();
             if let Some(last) = page.last() {
                 after = Some((last.create_time, last.name.clone()));
             }
             let (shards, shard) = (self.deps.config.shards, self.shard);
-            for job in page.iter().filter(|j| shard_of(&j.uid, shards) == shard) {
+            for job in page
+                .into_iter()
+                .filter(|j| shard_of(&j.uid, shards) == shard)
+            {
                 let cursor = cursors.get(&job.uid).copied().unwrap_or(job.create_time);
-                self.index_job(job, cursor);
+                self.index_job(&job, cursor);
+                self.cache(Arc::new(job));
             }
-            total += page.len();
+            total += n;
             if !full {
                 break;
             }
@@ -315,16 +328,34 @@ impl OwnerState {
         }
     }
 
+    /// Keep a full job at hand (mesh mode, while there is room).
+    fn cache(&mut self, job: Arc<Job>) {
+        if self.deps.membership.is_some()
+            && (self.jobs.len() < JOB_CACHE_MAX || self.jobs.contains_key(&job.uid))
+        {
+            self.jobs.insert(job.uid, job);
+        }
+    }
+
     /// The job a run belongs to, as the catalog has it now; None if it was deleted or
     /// replaced by a new job of the same name.
-    async fn job_of(&self, name: &JobName, uid: uuid::Uuid) -> Result<Option<Arc<Job>>, Error> {
-        Ok(self
+    async fn job_of(&mut self, name: &JobName, uid: uuid::Uuid) -> Result<Option<Arc<Job>>, Error> {
+        if let Some(j) = self.jobs.get(&uid)
+            && j.name == *name
+        {
+            return Ok(Some(j.clone()));
+        }
+        let job = self
             .deps
             .catalog
             .get_job(name)
             .await?
             .filter(|j| j.uid == uid)
-            .map(Arc::new))
+            .map(Arc::new);
+        if let Some(j) = &job {
+            self.cache(j.clone());
+        }
+        Ok(job)
     }
 
     /// Runs a previous term left unfinished: queued or waiting ones are dispatched
@@ -441,10 +472,12 @@ impl OwnerState {
                 };
                 debug!(job = %job.name, paused = job.paused, "job changed");
                 self.index_job(&job, cursor);
+                self.cache(job);
             }
             CatalogEvent::Deleted { uid, name } => {
                 debug!(job = %name, "job deleted");
                 self.index.remove(&uid);
+                self.jobs.remove(&uid);
                 self.pending.retain(|d| d.job.uid != uid);
             }
         }

@@ -15,6 +15,7 @@ pub mod pb {
 mod convert;
 mod errors;
 mod page;
+pub mod peer_clock;
 mod service;
 
 use std::sync::Arc;

@@ -795,6 +795,16 @@ impl pb::scheduler_server::Scheduler for Service {
     ) -> std::result::Result<Response<pb::ClusterStatus>, Status> {
         answer(self.cluster_status().await)
     }
+
+    async fn get_time(
+        &self,
+        _request: Request<pb::GetTimeRequest>,
+    ) -> std::result::Result<Response<pb::GetTimeResponse>, Status> {
+        Ok(Response::new(pb::GetTimeResponse {
+            now: Some(convert::timestamp_out(self.ctx.clock.now())),
+            node: self.ctx.node.to_string(),
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,9 @@ use crate::core::ids::{NodeId, RegionId, validate_id};
 use crate::core::owner::SHARDS_MAX;
 use crate::node::{Mesh, Node, Settings};
 
+/// Jobs planned (and so claimed in one Redis script call) per owner tick in mesh mode.
+const MESH_OWNER_BATCH_MAX: usize = 512;
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Address of the gRPC API.
@@ -175,6 +178,7 @@ impl ServeArgs {
             })
         };
         let shards = if mesh.is_some() { self.shards } else { 1 };
+        let is_mesh = mesh.is_some();
         anyhow::ensure!(
             (1..=60_000).contains(&self.max_skew_ms),
             "--max-skew-ms must be between 1 and 60000"
@@ -204,6 +208,13 @@ impl ServeArgs {
                 dispatch_lead: Duration::from_millis(self.dispatch_lead_ms.clamp(1, 60_000)),
                 shards,
                 gate_grace: Duration::from_secs(self.gate_grace_s),
+                // A claim is one Redis script call, which blocks Redis while it runs:
+                // keep each short in mesh mode.
+                owner_batch_max: if is_mesh {
+                    MESH_OWNER_BATCH_MAX
+                } else {
+                    Config::default().owner_batch_max
+                },
                 ..Config::default()
             },
             store: Options {

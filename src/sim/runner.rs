@@ -183,6 +183,7 @@ impl Sim<'_> {
         let guard = clock_guardian::spawn(
             clock.clone(),
             vec![sn.time_source()],
+            None,
             GuardConfig {
                 skew_max: Duration::from_millis(s.max_skew_ms),
                 closed_max: Duration::from_secs(10),
