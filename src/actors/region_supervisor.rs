@@ -36,6 +36,8 @@ use crate::ports::{AttemptEnd, AttemptStart, Delivery, Dispatch, Refusal};
 
 /// Dispatches pulled from the queue per read.
 const PULL_BATCH_MAX: usize = 1_024;
+/// Gate waits longer than this are noted on the attempt's record.
+const GATE_NOTE_MIN: std::time::Duration = std::time::Duration::from_millis(5);
 /// How soon an item held at a closed clock gate is looked at again.
 const GATE_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -45,6 +47,8 @@ pub struct Item {
     pub dispatch: Dispatch,
     pub attempt: u32,
     pub start_at: Timestamp,
+    /// The clock guard held its start back (the attempt's record says so).
+    pub gate_waited: bool,
 }
 
 pub enum RegionSupervisorMsg {
@@ -393,6 +397,7 @@ impl RegionState {
             dispatch: d,
             attempt,
             start_at,
+            gate_waited: false,
         });
     }
 
@@ -617,6 +622,10 @@ impl RegionState {
                 Decision::Fire => {}
                 Decision::Wait { until_local } => {
                     self.stats.gate_waits += 1;
+                    let mut item = item;
+                    // A wait within the usual measurement bound is not worth a note.
+                    item.gate_waited |= until_local - now
+                        > chrono::Duration::from_std(GATE_NOTE_MIN).expect("small");
                     self.hold_back(item, until_local.max(now));
                     continue;
                 }
@@ -644,6 +653,7 @@ impl RegionState {
                     dispatch: item.dispatch.clone(),
                     attempt: item.attempt,
                     start_at: item.start_at,
+                    gate_waited: item.gate_waited,
                 }),
                 cancel: cancel.clone(),
                 running: false,
@@ -792,6 +802,7 @@ impl RegionState {
                         },
                         attempt: item.attempt + 1,
                         start_at,
+                        gate_waited: false,
                     });
                 }
             }
@@ -908,6 +919,7 @@ impl RegionState {
                 },
                 attempt: number,
                 start_at: run.next_start_at(),
+                gate_waited: false,
             };
             self.owed.insert(run.firing, Vec::new());
             if running {

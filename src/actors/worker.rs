@@ -151,7 +151,14 @@ async fn run_attempt(deps: &Deps, item: &Item, cancel: CancellationToken) -> Don
         number: item.attempt,
         status,
         finished_at,
-        summary: outcome.summary,
+        summary: if item.gate_waited {
+            format!(
+                "{} (its start waited at the clock gate until due in true time)",
+                outcome.summary
+            )
+        } else {
+            outcome.summary
+        },
         exit_code: outcome.exit_code,
         http_status: outcome.http_status,
         output_tail: outcome.output_tail,
