@@ -342,7 +342,7 @@ impl Drop for Mesh {
     }
 }
 
-fn tail(text: &str, bytes: usize) -> &str {
+pub fn tail(text: &str, bytes: usize) -> &str {
     let mut start = text.len().saturating_sub(bytes);
     while !text.is_char_boundary(start) {
         start += 1;

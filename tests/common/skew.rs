@@ -11,7 +11,8 @@
 //! from elapsed time.
 //!
 //! Must not decide anything for the product: it only starts processes, kills the ones
-//! it started (by PID), reads files and calls the public CLI.
+//! it started (by PID), reads files and calls the public CLI (the helpers it shares
+//! with the mesh tests live in `mesh.rs`).
 #![allow(dead_code, clippy::disallowed_methods)] // tests measure against the real clock
 
 use std::collections::HashMap;
@@ -28,13 +29,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::etcd::Etcd;
+#[allow(unused_imports)] // each test crate uses some of them
+pub use super::mesh::{
+    bounded, cli, cli_json, meridian_bin, sleep_until, tail, whole_second_after,
+};
 use super::process::log_tail;
 use super::redis::Redis;
 
 /// How long a node may take to print its address.
 const READY_WITHIN_MAX: Duration = Duration::from_secs(30);
-/// How long one CLI call may take.
-const CLI_WITHIN_MAX: Duration = Duration::from_secs(15);
 /// How long the webhook target waits for a request's head and body.
 const REQUEST_WITHIN_MAX: Duration = Duration::from_secs(5);
 /// Longest request head the webhook target accepts.
@@ -61,11 +64,6 @@ pub fn libfaketime() -> PathBuf {
         .unwrap_or_else(|| {
             panic!("libfaketime not found in {FAKETIME_LIBS:?} (Debian package `faketime`)")
         })
-}
-
-/// The `meridian` binary under test.
-pub fn meridian_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_meridian")
 }
 
 /// How a node's wall clock is shifted.
@@ -344,50 +342,7 @@ impl Drop for SkewMesh {
     }
 }
 
-pub fn tail(text: &str, bytes: usize) -> &str {
-    let mut start = text.len().saturating_sub(bytes);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
-}
-
 // ------------------------------------------------------------------ CLI
-
-/// Run the `meridian` CLI (bounded); stdout on exit 0, else why.
-pub async fn cli(args: &[&str]) -> Result<String, String> {
-    let child = tokio::process::Command::new(meridian_bin())
-        .args(args)
-        .env("MERIDIAN_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("spawn meridian: {e}"))?;
-    let out = tokio::time::timeout(CLI_WITHIN_MAX, child.wait_with_output())
-        .await
-        .map_err(|_| format!("meridian {args:?} took over {CLI_WITHIN_MAX:?}"))?
-        .map_err(|e| format!("meridian {args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "meridian {args:?} exited {}: {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        ))
-    }
-}
-
-/// Run the CLI with `--output json` against `endpoint` and parse its stdout.
-pub async fn cli_json(endpoint: &str, args: &[&str]) -> Result<Value, String> {
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--endpoint", endpoint, "--output", "json"]);
-    let out = cli(&all).await?;
-    serde_json::from_str(&out).map_err(|e| format!("meridian {args:?}: not JSON ({e}): {out}"))
-}
 
 /// `meridian cluster status --output json` through `endpoint` (None when it fails).
 pub async fn cluster_status(endpoint: &str) -> Option<Value> {
@@ -470,13 +425,6 @@ pub fn clock_brief(clock: Option<&Value>) -> String {
         c.get("sources").map(Value::to_string).unwrap_or_default(),
         c.get("jumps").map(Value::to_string).unwrap_or_default(),
     )
-}
-
-/// The first whole second at least `lead` from now.
-pub fn whole_second_after(lead: Duration) -> DateTime<Utc> {
-    let t = Utc::now() + chrono::Duration::from_std(lead).expect("small");
-    let s = t.timestamp() + 1;
-    DateTime::<Utc>::from_timestamp(s, 0).expect("valid")
 }
 
 pub fn rfc3339(t: DateTime<Utc>) -> String {
@@ -766,20 +714,6 @@ pub fn lateness_summary(hits: &[&Hit]) -> (Vec<f64>, String) {
         l.last().copied().unwrap_or(f64::NAN)
     );
     (l, s)
-}
-
-/// Sleep until the test's clock passes `t`.
-pub async fn sleep_until(t: DateTime<Utc>) {
-    if let Ok(d) = (t - Utc::now()).to_std() {
-        tokio::time::sleep(d).await;
-    }
-}
-
-/// Run a test body with an overall bound: a hung test fails instead of hanging CI.
-pub async fn bounded<F: std::future::Future<Output = ()>>(within: Duration, body: F) {
-    if tokio::time::timeout(within, body).await.is_err() {
-        panic!("the test did not finish within {within:?}");
-    }
 }
 
 /// Statuses seen, with the test's clock when each was read.
